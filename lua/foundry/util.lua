@@ -1,0 +1,85 @@
+--- Small helpers shared by the library.
+local M = {}
+
+--- Levenshtein distance (small strings only).
+function M.distance(a, b)
+  local la, lb = #a, #b
+  if la == 0 then return lb end
+  if lb == 0 then return la end
+  local prev = {}
+  for j = 0, lb do prev[j] = j end
+  for i = 1, la do
+    local cur = { [0] = i }
+    local ca = a:byte(i)
+    for j = 1, lb do
+      local cost = ca == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[lb]
+end
+
+--- The nearest of `candidates` to `word`, if close enough to be a likely typo.
+function M.did_you_mean(word, candidates)
+  local best, bestd
+  for _, c in ipairs(candidates) do
+    local d = M.distance(word, c)
+    if not bestd or d < bestd then best, bestd = c, d end
+  end
+  if best and bestd <= math.max(2, #word // 3) then return best end
+end
+
+--- Sorted keys of a table.
+function M.keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out, function(a, b) return tostring(a) < tostring(b) end)
+  return out
+end
+
+--- Shallow copy.
+function M.copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
+--- Deep copy of plain data.
+function M.deepcopy(v)
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = M.deepcopy(x) end
+  return setmetatable(out, getmetatable(v))
+end
+
+--- Quote a string for a POSIX shell.
+function M.shell_quote(s)
+  s = tostring(s)
+  if s:match("^[%w@%%+=:,./_-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+--- Trim whitespace.
+function M.trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+
+--- Split on a plain separator.
+function M.split(s, sep)
+  local out, i = {}, 1
+  while true do
+    local j = s:find(sep, i, true)
+    if not j then out[#out + 1] = s:sub(i); break end
+    out[#out + 1] = s:sub(i, j - 1)
+    i = j + #sep
+  end
+  return out
+end
+
+--- Human-readable duration from milliseconds.
+function M.ms(n)
+  if n < 1000 then return string.format("%dms", n) end
+  if n < 60000 then return string.format("%.1fs", n / 1000) end
+  return string.format("%dm%02ds", n // 60000, (n % 60000) // 1000)
+end
+
+return M
