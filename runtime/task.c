@@ -38,7 +38,9 @@ static void push_error_v(lua_State *L, const char *code, const char *hint, const
 	lua_createtable(L, 0, 3);
 	lua_pushstring(L, code);
 	lua_setfield(L, -2, "code");
-	lua_pushvfstring(L, fmt, ap);
+	char msg[1024];
+	vsnprintf(msg, sizeof msg, fmt, ap); /* printf formats, unlike lua_pushfstring */
+	lua_pushstring(L, msg);
 	lua_setfield(L, -2, "message");
 	if (hint) {
 		lua_pushstring(L, hint);
