@@ -325,9 +325,11 @@ static sqlite3_stmt *prepare(lua_State *L, conn *c, const char *sql, size_t len,
 	while (tail && *tail && (isspace((unsigned char)*tail) || *tail == ';'))
 		tail++;
 	if (tail && *tail) {
+		char near[48];
+		snprintf(near, sizeof near, "%.40s", tail);
 		sqlite3_finalize(st);
 		luaL_error(L, "db: several statements in one call; use :exec for those "
-			      "(near \"%.40s\")", tail);
+			      "(near \"%s\")", near);
 	}
 	if (reentrant)
 		return st;
@@ -439,9 +441,11 @@ static void bind_params(lua_State *L, conn *c, sqlite3_stmt *st, struct cached *
 		return;
 	}
 	if (nargs > nparams) {
+		char ex[300];
+		sql_excerpt(ex, sizeof ex, sql);
 		release(st, slot);
-		luaL_error(L, "db: %d parameter%s given, the statement takes %d (\"%.40s\")",
-			   nargs, nargs == 1 ? "" : "s", nparams, sql);
+		luaL_error(L, "db: %d parameter%s given, the statement takes %d (in \"%s\")",
+			   nargs, nargs == 1 ? "" : "s", nparams, ex);
 	}
 	for (int i = 1; i <= nargs; i++) {
 		const char *bad = bind_one(L, st, i, first + i - 1);
@@ -587,7 +591,8 @@ static int l_transaction(lua_State *L)
 	if (status != LUA_OK) {
 		rollback(c, nested, depth);
 		const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-		if (msg && strstr(msg, "attempt to yield across a C-call boundary"))
+		if (msg && (strstr(msg, "attempt to yield across a C-call boundary") ||
+			    strstr(msg, "cannot wait here")))
 			return luaL_error(L, "db.transaction: the function must not wait (sleep, "
 					     "exec, I/O) inside a transaction");
 		return lua_error(L);
