@@ -37,6 +37,22 @@ local uv = require "luv"
 
 local M = {}
 
+---@class foundry.audit.Row
+---@field kind string "net", "git", "hook", "api", ...
+---@field sandbox? string
+---@field decision? "allow"|"deny"
+---@field host? string
+---@field method? string
+---@field path? string redacted: no secret in a query string
+---@field rule? string the rule that decided
+---@field reason? string
+---@field status? integer upstream status
+---@field bytes_in? integer
+---@field bytes_out? integer
+---@field ms? number duration
+---@field data? table|string more, as JSON (redacted)
+---@field ts? integer epoch ms (default: now)
+
 local GENESIS = string.rep("0", 64)
 M.GENESIS = GENESIS
 
@@ -247,7 +263,7 @@ local default = M.writer()
 M.default_writer = default
 
 --- Buffer one audit row in the process's writer (written within `flush_ms`).
----@param row {sandbox?: string, kind: string, decision?: "allow"|"deny", host?: string, method?: string, path?: string, rule?: string, reason?: string, status?: integer, bytes_in?: integer, bytes_out?: integer, ms?: number, data?: table|string, ts?: integer}
+---@param row foundry.audit.Row
 function M.append(row)
   return default:append(row)
 end
@@ -290,7 +306,8 @@ end
 --- With `follow = function(row)`, every row is passed to it, then new rows as they are
 --- written (polled every `interval_ms`, 250), until it returns false or the task is
 --- cancelled; query then returns nothing.
----@param opts? {sandbox?: string, kind?: string, decision?: string, since?: integer|string, after_id?: integer, limit?: integer, follow?: fun(row: table): boolean?, interval_ms?: integer}
+---@param opts? {sandbox?: string, kind?: string, decision?: string, since?: integer|string, after_id?: integer,
+---  limit?: integer, follow?: fun(row: table): boolean?, interval_ms?: integer}
 ---@return table[]|nil
 function M.query(opts)
   opts = opts or {}
@@ -299,9 +316,13 @@ function M.query(opts)
   for k, v in pairs(opts) do
     if not known[k] then
       local near = type(k) == "string" and util.did_you_mean(k, util.keys(known))
-      error("audit.query: unknown option '" .. tostring(k) .. "'" .. (near and (" — did you mean '" .. near .. "'?") or ""), 2)
+      error("audit.query: unknown option '" .. tostring(k) .. "'" ..
+        (near and (" — did you mean '" .. near .. "'?") or ""), 2)
     end
-    if known[k] ~= "any" and (known[k] == "integer" and math.type(v) ~= "integer" or known[k] ~= "integer" and type(v) ~= known[k]) then
+    local want = known[k]
+    local bad_type = (want == "integer" and math.type(v) ~= "integer")
+      or (want ~= "integer" and want ~= "any" and type(v) ~= want)
+    if bad_type then
       error("audit.query: " .. k .. ": expected " .. known[k] .. ", got " .. (math.type(v) or type(v)), 2)
     end
   end
@@ -365,8 +386,8 @@ function M.verify(conn)
   local last = expected - 1
   if head and (head.id ~= last or head.hash ~= prev) then
     if head.id > last then
-      return bad(last + 1, string.format("the log ends at row %d but its head is row %d: rows were removed from the end",
-        last, head.id))
+      return bad(last + 1, string.format(
+        "the log ends at row %d but its head is row %d: rows were removed from the end", last, head.id))
     end
     return bad(head.id, string.format("the head records row %d with another hash: rows were rewritten", head.id))
   end

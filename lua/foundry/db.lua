@@ -57,8 +57,10 @@ function M.open(path, opts)
     for k, v in pairs(opts) do
       local want = OPTS[k]
       if not want then
-        local near = require("foundry.util").did_you_mean(tostring(k), require("foundry.util").keys(OPTS))
-        error("db.open: unknown option '" .. tostring(k) .. "'" .. (near and (" — did you mean '" .. near .. "'?") or ""), 2)
+        local util = require "foundry.util"
+        local near = util.did_you_mean(tostring(k), util.keys(OPTS))
+        error("db.open: unknown option '" .. tostring(k) .. "'" ..
+          (near and (" — did you mean '" .. near .. "'?") or ""), 2)
       end
       if type(v) ~= want then error("db.open: " .. k .. ": expected " .. want .. ", got " .. type(v), 2) end
     end

@@ -244,7 +244,9 @@ describe("events and logs", function()
   before_each(function() state.sandboxes.insert{ name = "s" } end)
 
   it("lists logs after an id, or the tail", function()
-    for i = 1, 10 do state.logs.add{ sandbox = "s", stream = i % 2 == 0 and "stderr" or "stdout", text = "line " .. i } end
+    for i = 1, 10 do
+      state.logs.add{ sandbox = "s", stream = i % 2 == 0 and "stderr" or "stdout", text = "line " .. i }
+    end
     local tailrows = state.logs.list{ sandbox = "s", limit = 3 }
     expect({ tailrows[1].text, tailrows[3].text }):equals({ "line 8", "line 10" })
     local after = state.logs.list{ sandbox = "s", since_id = 4, limit = 2 }
