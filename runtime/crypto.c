@@ -6,6 +6,7 @@
  *   random_bytes(n) -> n bytes from the OS CSPRNG (through OpenSSL's DRBG)
  *   equal(a, b) -> boolean, in time independent of where a and b differ
  *   hex(s) -> lowercase hexadecimal of s
+ *   sha256_tuple(tag, ...) -> hex SHA-256 of an unambiguous encoding of the values
  *
  * All of them are synchronous and cheap enough to run on the loop thread.
  */
@@ -16,6 +17,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <math.h>
 #include <stdlib.h>
 
 /* random_bytes refuses more than this: a caller wanting more has a bug. */
@@ -83,6 +85,87 @@ static int l_hex(lua_State *L)
 	return 1;
 }
 
+/* Decimal text of v into buf (at least 21 bytes); returns its length. */
+static size_t decimal(char *buf, long long v)
+{
+	char tmp[24];
+	size_t n = 0, len = 0;
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+	do {
+		tmp[n++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		buf[len++] = '-';
+	while (n)
+		buf[len++] = tmp[--n];
+	return len;
+}
+
+/* The canonical text of the number at idx: integers (and floats with an integer value)
+ * in decimal, other floats with 17 significant digits - the same text for 5 and 5.0, so
+ * a value reads back alike from a REAL column. */
+static size_t number_text(lua_State *L, int idx, char *buf, size_t size)
+{
+	if (lua_isinteger(L, idx))
+		return decimal(buf, (long long)lua_tointeger(L, idx));
+	lua_Number v = lua_tonumber(L, idx);
+	lua_Integer i;
+	if (v == floor(v) && lua_numbertointeger(v, &i))
+		return decimal(buf, (long long)i);
+	int n = snprintf(buf, size, "%.17g", (double)v);
+	return n < 0 ? 0 : (size_t)n;
+}
+
+/* sha256_tuple(tag, v1, ..., vn): SHA-256 (hex) of tag, then for each value "|~" when
+ * nil, else "|<length>:<text>" (numbers as number_text) - the same as
+ * hex(sha256(tag .. "|" .. ...)) built in Lua, for a fraction of the cost. */
+static int l_sha256_tuple(lua_State *L)
+{
+	size_t tlen;
+	const char *tag = luaL_checklstring(L, 1, &tlen);
+	int top = lua_gettop(L);
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	luaL_addlstring(&b, tag, tlen);
+	for (int i = 2; i <= top; i++) {
+		char head[48], num[64];
+		const char *s;
+		size_t n;
+		switch (lua_type(L, i)) {
+		case LUA_TNIL:
+			luaL_addlstring(&b, "|~", 2);
+			continue;
+		case LUA_TNUMBER:
+			n = number_text(L, i, num, sizeof num);
+			s = num;
+			break;
+		case LUA_TSTRING:
+			s = lua_tolstring(L, i, &n);
+			break;
+		default:
+			return luaL_argerror(L, i, "expected nil, a number or a string");
+		}
+		head[0] = '|';
+		size_t h = 1 + decimal(head + 1, (long long)n);
+		head[h++] = ':';
+		luaL_addlstring(&b, head, h);
+		luaL_addlstring(&b, s, n);
+	}
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	SHA256((const unsigned char *)luaL_buffaddr(&b), luaL_bufflen(&b), md);
+	luaL_pushresult(&b);
+	lua_pop(L, 1);
+	static const char digits[] = "0123456789abcdef";
+	char hex[2 * SHA256_DIGEST_LENGTH];
+	for (int k = 0; k < SHA256_DIGEST_LENGTH; k++) {
+		hex[2 * k] = digits[md[k] >> 4];
+		hex[2 * k + 1] = digits[md[k] & 15];
+	}
+	lua_pushlstring(L, hex, sizeof hex);
+	return 1;
+}
+
 int luaopen_foundry_crypto(lua_State *L)
 {
 	static const luaL_Reg fns[] = {{"sha256", l_sha256},
@@ -90,6 +173,7 @@ int luaopen_foundry_crypto(lua_State *L)
 				       {"random_bytes", l_random_bytes},
 				       {"equal", l_equal},
 				       {"hex", l_hex},
+				       {"sha256_tuple", l_sha256_tuple},
 				       {NULL, NULL}};
 	luaL_newlib(L, fns);
 	return 1;

@@ -54,6 +54,9 @@ local M = {}
 ---@field ts? integer epoch ms (default: now)
 
 local GENESIS = string.rep("0", 64)
+local TAG = "fdr-audit-v1"
+local math_type, huge, gettimeofday = math.type, math.huge, uv.gettimeofday
+local tuple = crypto.sha256_tuple
 M.GENESIS = GENESIS
 
 local FIELDS = {
@@ -84,7 +87,7 @@ end
 ---@param row table
 ---@return string
 function M.canonical(row)
-  local parts = { "fdr-audit-v1" }
+  local parts = { TAG }
   for i, k in ipairs(ORDER) do
     local v = row[k]
     if v == nil then
@@ -97,37 +100,55 @@ function M.canonical(row)
   return table.concat(parts, "|")
 end
 
---- The hash of a row (hex SHA-256 of its canonical encoding).
-function M.hash(row)
-  return crypto.hex(crypto.sha256(M.canonical(row)))
+--- The hash of a row: hex SHA-256 of its canonical encoding (computed in C without
+--- building the string; equal to `crypto.sha256_hex(audit.canonical(row))`).
+function M.hash(r)
+  return tuple(TAG, r.id, r.ts, r.sandbox, r.kind, r.decision, r.host, r.method, r.path, r.rule,
+    r.reason, r.status, r.bytes_in, r.bytes_out, r.ms, r.data, r.prev_hash)
 end
 
--- Check and normalise one row for the buffer.
+local function bad_field(k, v, level)
+  local want = FIELDS[k]
+  if not want then
+    local near = type(k) == "string" and util.did_you_mean(k, util.keys(FIELDS))
+    error(string.format("audit.append: unknown field '%s'%s", tostring(k),
+      near and (" — did you mean '" .. near .. "'?") or ""), level + 1)
+  end
+  error(string.format("audit.append: %s: expected %s, got %s", k, want, math.type(v) or type(v)), level + 1)
+end
+
+-- Check one row and copy it for the buffer (this runs for every request the proxy sees:
+-- one pass, no helper calls on the good path).
 local function prepare(row, level)
   if type(row) ~= "table" then error("audit.append: expected a table, got " .. type(row), level + 1) end
+  local r = {}
   for k, v in pairs(row) do
     local want = FIELDS[k]
-    if not want then
-      local near = type(k) == "string" and util.did_you_mean(k, util.keys(FIELDS))
-      error(string.format("audit.append: unknown field '%s'%s", tostring(k),
-        near and (" — did you mean '" .. near .. "'?") or ""), level + 1)
+    if want == "string" then
+      if type(v) ~= "string" then bad_field(k, v, level + 1) end
+    elseif want == "integer" then
+      if math_type(v) ~= "integer" then bad_field(k, v, level + 1) end
+    elseif want == "number" then
+      if type(v) ~= "number" or v ~= v or v == huge or v == -huge then
+        if type(v) == "number" then error("audit.append: " .. k .. ": expected a finite number", level + 1) end
+        bad_field(k, v, level + 1)
+      end
+    elseif want == nil then
+      bad_field(k, v, level + 1)
+    elseif k == "data" and type(v) ~= "string" then
+      v = json.encode(v)
     end
-    local ok = want == "any" or (want == "integer" and math.type(v) == "integer")
-      or (want == "number" and type(v) == "number") or type(v) == want
-    if not ok then
-      error(string.format("audit.append: %s: expected %s, got %s", k, want, math.type(v) or type(v)), level + 1)
-    end
+    r[k] = v
   end
-  if type(row.kind) ~= "string" or row.kind == "" then error("audit.append: kind is required", level + 1) end
-  if row.decision ~= nil and row.decision ~= "allow" and row.decision ~= "deny" then
-    error("audit.append: decision: expected \"allow\" or \"deny\", got \"" .. row.decision .. "\"", level + 1)
+  if not r.kind or r.kind == "" then error("audit.append: kind is required", level + 1) end
+  local d = r.decision
+  if d ~= nil and d ~= "allow" and d ~= "deny" then
+    error("audit.append: decision: expected \"allow\" or \"deny\", got \"" .. d .. "\"", level + 1)
   end
-  if row.ms ~= nil and (row.ms ~= row.ms or row.ms == math.huge or row.ms == -math.huge) then
-    error("audit.append: ms: expected a finite number", level + 1)
+  if not r.ts then
+    local sec, usec = gettimeofday()
+    r.ts = sec * 1000 + usec // 1000
   end
-  local r = util.copy(row)
-  r.ts = r.ts or state.now()
-  if r.data ~= nil and type(r.data) ~= "string" then r.data = json.encode(r.data) end
   return r
 end
 
@@ -181,7 +202,8 @@ function M.writer(opts)
   opts = opts or {}
   return setmetatable({
     buf = {}, flush_ms = opts.flush_ms or 100, max_rows = opts.max_rows or 256,
-    max_buffer = opts.max_buffer or 100000, dropped = 0, timer = nil, last_error = nil, failing = false,
+    max_buffer = opts.max_buffer or 100000, dropped = 0, timer = nil, due = false,
+    last_error = nil, failing = false,
   }, Writer)
 end
 
@@ -191,32 +213,36 @@ function Writer:append(row)
   local buf = self.buf
   buf[#buf + 1] = r
   if #buf > self.max_buffer then
-    table.remove(buf, 1)
-    self.dropped = self.dropped + 1
+    -- writes have been failing for long: drop the oldest tenth at once (counted)
+    local n = #buf
+    local drop = math.max(1, self.max_buffer // 10)
+    table.move(buf, drop + 1, n, 1)
+    for i = n - drop + 1, n do buf[i] = nil end
+    self.dropped = self.dropped + drop
   end
   if #buf >= self.max_rows and not self.failing then
     self:flush_quietly()
-  else
+  elseif not self.due then
     self:schedule(self.flush_ms)
   end
 end
 
 -- Flush from a timer in `ms` (unless one is already due).
 function Writer:schedule(ms)
+  if self.due then return end
   if not self.timer then
     self.timer = uv.new_timer()
     self.timer:unref() -- pending rows do not keep Foundry running; at_exit writes them
-  elseif self.timer:is_active() then
-    return
   end
-  self.timer:start(ms, 0, function() self:flush_quietly() end)
+  self.due = true
+  self.timer:start(ms, 0, function() self.due = false; self:flush_quietly() end)
 end
 
 --- Write the buffered rows now (to `conn`, default the state database). Returns the number
 --- written; raises when the write fails (the rows stay buffered and are retried later,
 --- from a timer, so a busy or full disk does not stall every append).
 function Writer:flush(conn)
-  if self.timer and self.timer:is_active() then self.timer:stop() end
+  if self.due then self.timer:stop(); self.due = false end
   if #self.buf == 0 and self.dropped == 0 then return 0 end
   local rows = self.buf
   if self.dropped > 0 then
@@ -254,7 +280,7 @@ function Writer:close()
   local ok, err = pcall(self.flush, self)
   if self.timer then
     if not self.timer:is_closing() then self.timer:close() end
-    self.timer = nil
+    self.timer, self.due = nil, false
   end
   if not ok then error(err, 0) end
 end

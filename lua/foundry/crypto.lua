@@ -6,6 +6,10 @@
 ---   crypto.token(n)                -> n random bytes as 2n hex characters
 ---   crypto.equal(a, b)             -> boolean, constant time over the bytes (use it to
 ---                                     compare MACs and tokens, never ==)
+---   crypto.sha256_tuple(tag, ...)   -> hex SHA-256 of tag and the values (nil, numbers,
+---                                     strings) framed unambiguously: "|~" for nil, else
+---                                     "|<length>:<text>"; numbers as integers when they
+---                                     have an integer value (5 and 5.0 alike), else %.17g
 local native = require "foundry._crypto"
 
 local M = {}
@@ -20,6 +24,8 @@ M.random_bytes = native.random_bytes
 M.equal = native.equal
 ---@type fun(s: string): string
 M.hex = native.hex
+---@type fun(tag: string, ...: string|number|nil): string
+M.sha256_tuple = native.sha256_tuple
 
 --- SHA-256 of data as 64 lowercase hex characters.
 ---@param data string

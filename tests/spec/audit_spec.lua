@@ -67,6 +67,18 @@ describe("append", function()
     expect(c:row("SELECT value FROM meta WHERE key = 'audit_head'").value):equals("3 " .. rows[3].hash)
   end)
 
+  it("hashes in C exactly what the documented canonical encoding says", function()
+    local base = { id = 7, ts = 1714564800123, sandbox = "s", kind = "net", decision = "deny", host = "h|x",
+      method = "GET", path = "/a:b", rule = "", reason = "r", status = 403, bytes_in = 0, bytes_out = -1,
+      data = '{"k":1}', prev_hash = string.rep("a", 64) }
+    for _, ms in ipairs({ 0, 5, 5.0, 0.1, -2.5, 1 / 3, 2 ^ 70, math.mininteger + 0.0 }) do
+      base.ms = ms
+      expect(audit.hash(base)):equals(crypto.sha256_hex(audit.canonical(base)))
+    end
+    base.status, base.host = nil, nil
+    expect(audit.hash(base)):equals(crypto.sha256_hex(audit.canonical(base)))
+  end)
+
   it("encodes rows canonically: absent fields differ from empty ones, numbers read back alike", function()
     local a = audit.canonical{ id = 1, ts = 5, kind = "net", host = "" , prev_hash = "0" }
     local b = audit.canonical{ id = 1, ts = 5, kind = "net", prev_hash = "0" }
@@ -121,14 +133,17 @@ describe("append", function()
   end)
 
   it("records how many rows it dropped when its buffer overflowed", function()
-    local w = audit.writer{ max_buffer = 3, max_rows = 1000, flush_ms = 60000 }
-    for i = 1, 5 do w:append{ kind = "net", path = "/" .. i } end
-    expect(w:flush()):equals(4)
+    local w = audit.writer{ max_buffer = 20, max_rows = 1000, flush_ms = 60000 }
+    for i = 1, 25 do w:append{ kind = "net", path = "/" .. i } end
+    expect(w:pending()):le(20)
+    local kept = w:pending()
+    expect(w:flush()):equals(kept + 1)
     w:close()
     local rows = state.db():query("SELECT * FROM audit ORDER BY id")
     expect(rows[1].kind):equals("audit")
-    expect(rows[1].reason):matches("^2 audit rows dropped")
-    expect(rows[2].path):equals("/3")
+    expect(rows[1].reason):matches("^" .. (25 - kept) .. " audit rows dropped")
+    expect(rows[2].path):equals("/" .. (25 - kept + 1))
+    expect(rows[#rows].path):equals("/25")
   end)
 
   it("writes buffered rows when the process exits", { timeout = 20000 }, function()
