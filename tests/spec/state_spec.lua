@@ -386,6 +386,44 @@ describe("times", function()
   end)
 end)
 
+describe("a full disk", function()
+  it("raises db.full and leaves a database that opens and keeps what was committed", { timeout = 30000 }, function()
+    local mnt = fs.mkdtemp("/tmp/foundry-full-XXXXXX")
+    local m = foundry.exec{ "mount", "-t", "tmpfs", "-o", "size=640k,mode=0700", "tmpfs", mnt }
+    if not m.ok then
+      fs.rm(mnt)
+      skip("cannot mount a small tmpfs here (" .. m.stderr:gsub("%s+$", "") .. ")")
+    end
+    local ok, err = pcall(function()
+      uv.os_setenv("FOUNDRY_HOME", mnt)
+      fs.write(mnt .. "/ballast", string.rep("b", 128 * 1024))
+      state.sandboxes.insert{ name = "s" }
+      local id = state.logs.add{ sandbox = "s", stream = "stdout", text = "committed" }
+      local full
+      for _ = 1, 1000 do
+        local okw, e = pcall(state.logs.add, { sandbox = "s", stream = "stdout", text = string.rep("x", 16384) })
+        if not okw then full = e break end
+      end
+      expect(full and full.code):equals("db.full")
+      expect(full.hint):matches("free disk space")
+      state.close()
+      local c <close> = db.open(mnt .. "/state/foundry.db")
+      expect(c:row("PRAGMA integrity_check").integrity_check):equals("ok")
+      expect(c:row("SELECT text FROM logs WHERE id = ?", id).text):equals("committed")
+      c:close()
+      -- once space is freed, writing works again
+      fs.unlink(mnt .. "/ballast")
+      state.logs.add{ sandbox = "s", stream = "stdout", text = "after" }
+      expect(state.logs.list{ sandbox = "s", limit = 1 }[1].text):equals("after")
+    end)
+    state.close()
+    uv.os_setenv("FOUNDRY_HOME", home)
+    foundry.exec{ "umount", mnt }
+    fs.rm(mnt)
+    if not ok then error(err, 0) end
+  end)
+end)
+
 describe("concurrent processes", function()
   it("lets exactly one of several processes take a name", { timeout = 30000 }, function()
     state.db() -- schema in place, so the children race on the insert itself
