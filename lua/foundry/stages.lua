@@ -255,6 +255,216 @@ function M.compose(base, spec)
   return list
 end
 
+-- ------------------------------------------------------------------ the default stages
+
+-- Files of the sandbox user's home (a fresh tmpfs in every container).
+local function home_files(sb, r)
+  local git_user = require("foundry.exec").exec{ "git", "config", "--global", "--get-regexp", "^user\\.(name|email)$" }
+  local name, email = "Foundry Agent", "agent@foundry.invalid"
+  for k, v in (git_user.stdout or ""):gmatch("user%.(%a+) ([^\n]+)") do
+    if k == "name" then name = v elseif k == "email" then email = v end
+  end
+  local cwd = sb:cwd()
+  return {
+    ["~/.gitconfig"] = table.concat({
+      "[user]", "\tname = " .. name, "\temail = " .. email,
+      "[safe]", "\tdirectory = *",
+      "[init]", "\tdefaultBranch = main",
+      "[push]", "\tautoSetupRemote = true", "" }, "\n"),
+    ["~/.profile"] = "[ -n \"$BASH_VERSION\" ] && [ -f \"$HOME/.bashrc\" ] && . \"$HOME/.bashrc\"\n",
+    ["~/.bashrc"] = table.concat({
+      "# written by foundry: the home directory is a tmpfs, rebuilt when the sandbox starts",
+      "export PATH=\"$HOME/.local/bin:$PATH\"",
+      "export NPM_CONFIG_PREFIX=\"$HOME/.local\" PIP_USER=1 PIP_BREAK_SYSTEM_PACKAGES=1",
+      "export FOUNDRY_SANDBOX=" .. sb.name,
+      "[ -z \"$PS1\" ] && return",
+      "PS1='\\[\\e[36m\\][" .. sb.name .. "]\\[\\e[0m\\] \\w\\$ '",
+      "HISTFILE=\"$HOME/.bash_history\"",
+      "[ \"$PWD\" = \"$HOME\" ] && cd " .. cwd,
+      "" }, "\n"),
+    ["~/.tmux.conf"] = table.concat({
+      "set -g mouse on", "set -g history-limit 50000", "set -g default-terminal screen-256color",
+      "set -g status-left '[" .. sb.name .. "] '", "set -g status-left-length 40",
+      "set -g status-right 'detach: C-b d, or C-p C-q outside tmux'", "set -g status-right-length 60",
+      "set -g escape-time 10", "" }, "\n"),
+  }
+end
+
+-- Agent settings: the post-tool-use hook of the agents that have one.
+local function agent_files(r)
+  local files = {}
+  local agent = r.agent and r.agent.name
+  local hook = r.hooks and r.hooks.post_tool_use
+  if agent == "claude" and hook then
+    files["~/.claude/settings.json"] = require("foundry.json").encode({
+      hooks = { PostToolUse = { { matcher = "*", hooks = { { type = "command",
+        command = "foundry-shim notify post-tool-use >/dev/null 2>&1 || true" } } } } },
+    })
+  end
+  return files
+end
+
+-- MCP servers in the agent's own configuration format.
+local function mcp_files(r)
+  local json = require "foundry.json"
+  local servers = {}
+  for name, s in pairs(r.mcp or {}) do
+    if s then
+      local cmd = type(s.command) == "table" and s.command or (s.command and { s.command }) or nil
+      local entry = { env = s.env, url = s.url }
+      if cmd then
+        entry.command = cmd[1]
+        local args = {}
+        for i = 2, #cmd do args[#args + 1] = cmd[i] end
+        for _, a in ipairs(s.args or {}) do args[#args + 1] = a end
+        entry.args = json.array(args)
+      end
+      servers[name] = entry
+    end
+  end
+  if next(servers) == nil then return nil end
+  local agent = r.agent and r.agent.name
+  if agent == "claude" then return { ["~/.claude.json"] = json.encode({ mcpServers = servers }) } end
+  if agent == "gemini" then return { ["~/.gemini/settings.json"] = json.encode({ mcpServers = servers }) } end
+  if agent == "codex" then
+    local lines = {}
+    for _, name in ipairs(util.keys(servers)) do
+      local e = servers[name]
+      lines[#lines + 1] = "[mcp_servers." .. name .. "]"
+      if e.command then lines[#lines + 1] = "command = " .. json.encode(e.command) end
+      if e.args then lines[#lines + 1] = "args = " .. json.encode(e.args) end
+      if e.url then lines[#lines + 1] = "url = " .. json.encode(e.url) end
+      for _, k in ipairs(util.keys(e.env or {})) do
+        lines[#lines + 1] = "env." .. k .. " = " .. json.encode(e.env[k])
+      end
+      lines[#lines + 1] = ""
+    end
+    return { ["~/.codex/config.toml"] = table.concat(lines, "\n") }
+  end
+  return { ["~/.config/foundry/mcp.json"] = json.encode({ mcpServers = servers }) }
+end
+
+-- Run a preset's commands (shell strings, or functions given sb and ctx) in order.
+local function run_commands(sb, ctx, list, what)
+  for i, c in ipairs(list) do
+    if type(c) == "function" then
+      c(sb, ctx)
+    else
+      ctx.note(what .. ": " .. c)
+      sb:sh(c, { what = string.format("%s[%d] '%s'", what, i, c) })
+    end
+  end
+end
+
+--- The default pipeline (fresh tables each call). Implementations live with the
+--- sandbox (foundry.sandbox); see docs/presets.md for what each stage does.
+function M.default()
+  local sandbox = require "foundry.sandbox"
+  return {
+    { name = "provision", run = sandbox.stage_provision, undo = sandbox.undo_provision,
+      description = "workspace, run directory, container" },
+    { name = "system", description = "the home directory, user and tools",
+      run = function(sb, ctx)
+        local r = ctx.spec
+        local files = home_files(sb, r)
+        sb:write_files(files)
+        local out = sb:sh([[
+          id -u
+          for t in git tmux bash; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo
+        ]], { what = "system setup" }).stdout
+        local uid, tools = out:match("^(%d+)\n([^\n]*)")
+        if tonumber(uid) ~= sandbox.UID then
+          errors.raise("sandbox.bad_user", "processes run as uid " .. tostring(uid) .. ", not " .. sandbox.UID)
+        end
+        local have = {}
+        for t in (tools or ""):gmatch("%S+") do have[t] = true end
+        sb:_set_data("tools", have)
+        if not have.git then ctx.note("the image has no git: the agent cannot commit") end
+        if not have.tmux then ctx.note("the image has no tmux: sessions end when you detach") end
+      end },
+    { name = "auth", description = "credentials for the proxy (vault)",
+      run = function(sb, ctx)
+        local r = ctx.spec
+        if r.network == "none" then return ctx.skip("network none: nothing can leave the sandbox") end
+        if next(r.credentials or {}) == nil then return ctx.skip("no credentials configured") end
+        local ok, vault = pcall(require, "foundry.vault")
+        if not ok or type(vault) ~= "table" or not vault.resolve then
+          return ctx.skip("vault not available")
+        end
+        local placeholders = {}
+        for provider, ref in pairs(r.credentials) do
+          if ref then
+            vault.resolve(ref) -- raises when missing or locked: fail early, on the host
+            placeholders[provider] = ref
+          end
+        end
+        sb:_set_data("placeholders", placeholders)
+      end },
+    { name = "agent-config", description = "the agent's settings and hooks",
+      run = function(sb, ctx)
+        local r = ctx.spec
+        local files = agent_files(r)
+        for path, content in pairs(r.files or {}) do files[path] = content end
+        if next(files) == nil then return ctx.skip("nothing to configure for " .. tostring(r.agent.name)) end
+        sb:write_files(files)
+      end },
+    { name = "workspace", description = "the work tree inside the sandbox, copies",
+      run = function(sb, ctx)
+        local r = ctx.spec
+        for _, m in ipairs(r.copy or {}) do sandbox.copy_in(sb, m.source, m.target) end
+        if not (sb.data.tools or {}).git then return ctx.skip("the image has no git") end
+        local out = sb:sh("git -C /workspace rev-parse --abbrev-ref HEAD && test -w /workspace" ..
+          (r.workdir and (" && test -d " .. util.shell_quote(sb:cwd())) or ""), { what = "workspace check", workdir = "/" }).stdout
+        local branch = util.trim(out)
+        if sb.branch and branch ~= sb.branch then
+          errors.raise("sandbox.workspace", "the work tree is on " .. branch .. ", expected " .. sb.branch)
+        end
+      end },
+    { name = "deps", description = "the preset's dependency commands",
+      run = function(sb, ctx)
+        local list = ctx.spec.deps or {}
+        if #list == 0 then return ctx.skip("no deps configured") end
+        run_commands(sb, ctx, list, "deps")
+      end },
+    { name = "mcp", description = "MCP servers for the agent",
+      run = function(sb, ctx)
+        local files = mcp_files(ctx.spec)
+        if not files then return ctx.skip("no MCP servers configured") end
+        sb:write_files(files)
+      end },
+    { name = "customize", description = "the preset's setup commands",
+      run = function(sb, ctx)
+        local list = ctx.spec.setup or {}
+        if #list == 0 then return ctx.skip("no setup configured") end
+        run_commands(sb, ctx, list, "setup")
+      end },
+    { name = "health", description = "the sandbox answers, as locked down as it should be",
+      run = function(sb, ctx)
+        local out = sb:sh([[
+          test "$(id -u)" = 1000 || { echo "uid $(id -u)"; exit 1; }
+          test -w /workspace || { echo "/workspace is not writable"; exit 1; }
+          if touch /.foundry-root-check 2>/dev/null; then echo "the root filesystem is writable"; exit 1; fi
+          tr '\0' ' ' < /proc/1/cmdline
+        ]], { what = "health check", workdir = "/" }).stdout
+        if not out:find("foundry-shim", 1, true) then
+          errors.raise("sandbox.unhealthy", "PID 1 is not foundry-shim: " .. util.trim(out))
+        end
+        run_commands(sb, ctx, ctx.spec.health or {}, "health")
+      end },
+    { name = "ready", description = "recorded as running; the daemon told",
+      run = function(sb, ctx)
+        sb:_update({ state = "running" })
+        local ok, registered, why = pcall(sandbox.register, sb)
+        if not ok then
+          ctx.note("proxy registration failed: " .. errors.message(registered))
+        elseif not registered then
+          ctx.note("no proxy: " .. tostring(why))
+        end
+      end,
+      undo = function(sb) sandbox.unregister(sb.name) end },
+  }
+end
+
 -- ------------------------------------------------------------------ running
 
 local SIGNALS = { "sigint", "sigterm", "sighup" }
