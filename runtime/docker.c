@@ -153,6 +153,7 @@ struct dk_call {
 	int64_t file_size, file_off;
 	char *fbuf;
 	int has_body;
+	int idempotent;        /* GET or HEAD: safe to send again */
 	int reused, retried;
 	uv_connect_t connect_req;
 	uv_getaddrinfo_t gai;
@@ -576,7 +577,8 @@ static void call_settle(dk_call *c)
 				c->w_read = NULL;
 				S = fdr_wait_state(w);
 				lua_pushlstring(S, c->out.p ? c->out.p : "", c->out.len);
-				lua_pushlstring(S, c->err.p ? c->err.p : "", c->err.len);
+				if (c->demux)
+					lua_pushlstring(S, c->err.p ? c->err.p : "", c->err.len);
 				buf_free(&c->out);
 				buf_free(&c->err);
 				c->collect = 0;
@@ -930,12 +932,13 @@ static void conn_feed(dk_conn *k, const char *data, size_t len)
 		conn_release(k);
 }
 
-/* A request on a pooled connection the engine had meanwhile closed: detach from it and
- * send once more on a fresh one. Returns 1 when retried. */
+/* A GET on a pooled connection the engine had meanwhile closed, before any answer:
+ * detach from it and send once more on a fresh one (as Go's transport does; other
+ * methods may have been executed, so they fail instead). Returns 1 when retried. */
 static int retry_fresh(dk_call *c)
 {
 	dk_conn *k = c->conn;
-	if (!k || !c->reused || c->got_bytes || c->retried || c->body_file || c->failed)
+	if (!k || !c->reused || c->got_bytes || c->retried || !c->idempotent || c->failed)
 		return 0;
 	c->retried = 1;
 	c->reused = 0;
@@ -1497,6 +1500,8 @@ static int l_request(lua_State *L)
 	}
 	c->has_body = body || body_file || strcmp(method, "POST") == 0 ||
 		      strcmp(method, "PUT") == 0;
+	c->idempotent = !body && !body_file &&
+			(strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0);
 
 	/* the head */
 	const char *host_hdr = ep.kind == FDR_DK_UNIX ? "docker" : ep.host;
@@ -1638,7 +1643,8 @@ static int s_read_all(lua_State *L)
 			return lua_error(L);
 		}
 		lua_pushlstring(L, c->out.p ? c->out.p : "", c->out.len);
-		lua_pushlstring(L, c->err.p ? c->err.p : "", c->err.len);
+		if (c->demux)
+			lua_pushlstring(L, c->err.p ? c->err.p : "", c->err.len);
 		buf_free(&c->out);
 		buf_free(&c->err);
 		return c->demux ? 2 : 1;

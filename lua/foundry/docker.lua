@@ -250,6 +250,9 @@ local function engine_error(what, res, ctx)
     code = "docker.denied"
   elseif s == 304 then
     code = "docker.not_modified"
+  elseif lower:find("is marked read-only", 1, true) then
+    code = "docker.denied"
+    hint = "the container's root filesystem is read-only: copy into a writable bind or volume mount"
   else
     code = "docker.engine"
   end
@@ -1037,16 +1040,32 @@ local function exec_inspect(id, opts)
     { timeout = opts and opts.timeout }))
 end
 
--- The exit code once the process is gone; the engine may need a moment after the
--- stream ends.
-local function exec_status(id)
-  for i = 1, 200 do
+-- The exit status once the process is gone: the engine may need a moment after the
+-- stream ends. A process still running 2 s after its output ended means the connection
+-- was cut (an engine restart looks the same as a normal end on a hijacked stream), or
+-- that it closed its stdout and stderr and carried on.
+local function exec_status(id, what, cmd)
+  local t0 = now()
+  local i = 0
+  while true do
     local info = exec_inspect(id)
     if not info.Running then return info.ExitCode or -1, info end
-    task.sleep(math.min(i, 20))
+    if now() - t0 > 2000 then
+      errors.raise("docker.disconnected", string.format(
+        "%s: the output of %s ended but it still runs — the connection to Docker was lost?", what, tostring(cmd)),
+        "if the engine restarted, retry; a process that closes stdout and stderr must be waited for differently")
+    end
+    i = i + 1
+    task.sleep(math.min(i * 2, 50))
   end
-  local info = exec_inspect(id)
-  return info.ExitCode or -1, info
+end
+
+-- A stream read's timeout error, made to name the operation and how to change it.
+local function timeout_error(what, err, ms)
+  if errors.is(err, "timeout") then
+    errors.raise("timeout", string.format("%s: timed out after %d ms", what, ms), TIMEOUT_HINT)
+  end
+  error(err, 0)
 end
 
 local function exec_start(self, what, id, spec, deadline)
@@ -1092,27 +1111,29 @@ function Container:exec(spec)
       stream:close_write()
     end)
   end
-  local out, err
   local function left() return deadline and math.max(1, deadline - now()) or nil end
-  if spec.on_stdout or spec.on_stderr then
-    local o, e = {}, {}
-    while true do
-      local chunk, which = stream:read(left())
-      if chunk == nil then break end
-      which = which or "stdout"
-      local cb = which == "stderr" and spec.on_stderr or spec.on_stdout
-      if cb then cb(chunk) elseif which == "stderr" then e[#e + 1] = chunk else o[#o + 1] = chunk end
+  local ok, out, err = pcall(function()
+    if spec.on_stdout or spec.on_stderr then
+      local o, e = {}, {}
+      while true do
+        local chunk, which = stream:read(left())
+        if chunk == nil then break end
+        which = which or "stdout"
+        local cb = which == "stderr" and spec.on_stderr or spec.on_stdout
+        if cb then cb(chunk) elseif which == "stderr" then e[#e + 1] = chunk else o[#o + 1] = chunk end
+      end
+      return table.concat(o), table.concat(e)
     end
-    out, err = table.concat(o), table.concat(e)
-  else
-    out, err = stream:read_all(left())
-  end
+    return stream:read_all(left())
+  end)
   if writer then
+    if not ok then stream:close() end
     -- the process may exit without reading its input: that is not an error here
     pcall(writer.join, writer)
   end
   stream:close()
-  local status = exec_status(id)
+  if not ok then timeout_error(what, out, spec.timeout) end
+  local status = exec_status(id, what, spec[1])
   local r = { status = status, stdout = out, stderr = err or "", ok = status == 0, id = id }
   if spec.check and status ~= 0 then
     local last = r.stderr:match("([^\n]+)\n?$") or ""
@@ -1148,7 +1169,7 @@ function Exec:inspect(opts) return exec_inspect(self.id, opts) end
 function Exec:wait()
   while self.stream:read() do end
   self.stream:close()
-  return (exec_status(self.id))
+  return (exec_status(self.id, "docker.exec_stream", self.cmd))
 end
 
 --- Start a command with its input and output as a stream: for terminals and long
@@ -1160,7 +1181,7 @@ function Container:exec_stream(spec)
   local what = "docker.exec_stream"
   local id = exec_create(self, what, spec, true)
   local stream = exec_start(self, what, id, spec, spec.timeout and now() + spec.timeout or nil)
-  return setmetatable({ id = id, stream = stream, tty = spec.tty or false }, Exec)
+  return setmetatable({ id = id, stream = stream, tty = spec.tty or false, cmd = spec[1] }, Exec)
 end
 
 --- Attach to the container's main process: a Stream (multiplexed unless the container
