@@ -65,6 +65,9 @@ local function version()
   return ok and f.version or "?"
 end
 
+-- luv gives the pid as a float
+local function getpid() return math.tointeger(uv.os_getpid()) end
+
 local function now_ms()
   local s, us = uv.gettimeofday()
   return s * 1000 + us // 1000
@@ -93,6 +96,7 @@ function M.new(opts)
     sandboxes = {},   -- [name] = {row=, socket=, registered_at=, events=, last_event_at=}
     conns = {},       -- control connections
     signals = {},
+    ready_waiters = {},
     known_secrets = {},
     started_at = now_ms(),
   }, Daemon)
@@ -163,12 +167,32 @@ function Daemon:secret(name)
   return value
 end
 
--- Audit rows from the daemon itself (hook decisions); the engine writes its own through
--- the same function.
+-- The audit table's columns; anything else a row carries goes into its `data`.
+local AUDIT_FIELDS = { ts = true, sandbox = true, kind = true, decision = true, host = true,
+  method = true, path = true, rule = true, reason = true, status = true, bytes_in = true,
+  bytes_out = true, ms = true, data = true }
+
+-- Audit rows from the daemon itself (hook decisions) and from the proxy engine.
 function Daemon:audit(row)
   local audit = optional("foundry.audit")
   if not audit then return end
-  local ok, err = pcall(audit.append, row)
+  local r, extra = {}, nil
+  for k, v in pairs(row) do
+    if AUDIT_FIELDS[k] then
+      r[k] = v
+    else
+      extra = extra or {}
+      extra[k] = v
+    end
+  end
+  if extra then
+    if type(r.data) == "table" then
+      for k, v in pairs(extra) do if r.data[k] == nil then r.data[k] = v end end
+    elseif r.data == nil then
+      r.data = extra
+    end
+  end
+  local ok, err = pcall(audit.append, r)
   if not ok then self:log("warn", "audit: %s", errors.message(err)) end
 end
 
@@ -215,11 +239,20 @@ end
 
 -- The sandbox's network policy, from its row: the policy recorded at creation (a name,
 -- a path or a table), else the default policy in the row's network mode.
+-- JSON columns come back with every number a float (5.0); policies want integers.
+local function integers(v)
+  if type(v) == "number" then return math.tointeger(v) or v end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = integers(x) end
+  return out
+end
+
 local function policy_of(row)
   local spec = type(row.spec) == "table" and row.spec or {}
   local data = type(row.data) == "table" and row.data or {}
   local p = data.policy or spec.policy
-  if p ~= nil then return p end
+  if p ~= nil then return integers(p) end
   local mode = row.network or spec.network
   if mode and mode ~= "allowlist" then return { extends = "default", mode = mode } end
   return "default"
@@ -436,7 +469,7 @@ function Daemon:status()
     proxy = { ready = false, error = self.eng_error or "not started (no sandbox registered yet)" }
   end
   return {
-    running = true, pid = uv.os_getpid(), version = version(), protocol = M.PROTOCOL,
+    running = true, pid = getpid(), version = version(), protocol = M.PROTOCOL,
     started_at = self.started_at, uptime_ms = now_ms() - self.started_at,
     socket = self.files.socket, log = self.files.log, runtime = self.files.runtime,
     hardened = self.hardened or false,
@@ -450,7 +483,7 @@ end
 local ops = {}
 
 function ops.ping(d)
-  return { pong = true, pid = uv.os_getpid(), version = version(), protocol = M.PROTOCOL }
+  return { pong = true, pid = getpid(), version = version(), protocol = M.PROTOCOL }
 end
 
 function ops.status(d) return d:status() end
@@ -475,7 +508,7 @@ end
 
 function ops.shutdown(d)
   d.shutdown_requested = true
-  return { stopping = true, pid = uv.os_getpid() }
+  return { stopping = true, pid = getpid() }
 end
 
 M.ops = ops
@@ -486,6 +519,12 @@ local function error_table(err)
 end
 
 function Daemon:_answer(conn, line)
+  -- Requests wait until every sandbox is restored: "it answers" means "it is ready".
+  while not self.ready and self.running do
+    local w = task.wait("daemon.ready", nil, 60000)
+    self.ready_waiters[#self.ready_waiters + 1] = w
+    if not pcall(w.await, w) then break end
+  end
   local ok, req = pcall(json.decode, line)
   local resp
   if not ok or type(req) ~= "table" or type(req.op) ~= "string" then
@@ -577,7 +616,7 @@ function Daemon:start()
   end
   self.lock = lock
   lock:write_pid()
-  require("foundry.fs").write(f.pid, uv.os_getpid() .. "\n", { mode = tonumber("600", 8), fsync = false })
+  require("foundry.fs").write(f.pid, getpid() .. "\n", { mode = tonumber("600", 8), fsync = false })
   self:harden()
   hooks.reporter = function(...) return self:hook_report(...) end
   self:unlock_vault()
@@ -609,9 +648,17 @@ function Daemon:start()
   self.signals[#self.signals + 1] = hup
 
   self.running = true
-  self:log("info", "foundry daemon %s started (pid %d), control socket %s", version(), uv.os_getpid(), f.socket)
+  self:log("info", "foundry daemon %s started (pid %d), control socket %s", version(), getpid(), f.socket)
   self:restore()
+  self:set_ready()
   return self
+end
+
+function Daemon:set_ready()
+  self.ready = true
+  local ws = self.ready_waiters
+  self.ready_waiters = {}
+  for _, w in ipairs(ws) do w:resolve() end
 end
 
 function Daemon:release()
@@ -646,6 +693,7 @@ function Daemon:stop(reason)
   local audit = optional("foundry.audit")
   if audit and audit.flush then pcall(audit.flush) end
   self:release()
+  self:set_ready() -- requests still waiting get their answer (or a closed connection)
   if self.env_redactor then self.env_redactor:close(); self.env_redactor = nil end
   self:log("info", "stopped")
   local ws = self.stop_waiters or {}

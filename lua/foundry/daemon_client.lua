@@ -22,6 +22,14 @@ M.CALL_TIMEOUT_MS = 30000
 
 local next_id = 0
 
+-- JSON numbers decode as floats (5.0); pids, counts and times are integers.
+local function integers(v)
+  if type(v) == "number" then return math.tointeger(v) or v end
+  if type(v) ~= "table" then return v end
+  for k, x in pairs(v) do v[k] = integers(x) end
+  return v
+end
+
 local function unreachable(path, err)
   return errors.new("daemon.unreachable", "the foundry daemon is not running (" ..
     path .. ": " .. tostring(err):gsub("^%u+: ", "") .. ")",
@@ -86,7 +94,7 @@ function M.call(op, args, opts)
   end
   if resp.ok then
     if resp.result == json.null then return nil end
-    return resp.result
+    return integers(resp.result)
   end
   local e = type(resp.error) == "table" and resp.error or {}
   errors.raise(e.code or "daemon.error", e.message or "the daemon failed", e.hint ~= json.null and e.hint or nil)

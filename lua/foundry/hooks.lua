@@ -162,10 +162,13 @@ end
 ---@param ev table
 ---@return table
 function M.check_fresh(sandbox, ev)
+  -- JSON decoders give 1.7e9 as a float: any whole number will do
+  local ts = type(ev) == "table" and math.tointeger(ev.ts)
   if type(ev) ~= "table" or type(ev.event) ~= "string" or type(ev.nonce) ~= "string"
-      or #ev.nonce < 16 or math.type(ev.ts) ~= "integer" then
+      or #ev.nonce < 16 or not ts then
     reject("hooks.malformed", "hook event is not {event=, payload=, ts=, nonce=}")
   end
+  ev.ts = ts
   local now = os.time()
   if math.abs(now - ev.ts) > M.WINDOW_S then
     reject("hooks.stale", string.format("hook event is %d s away from the daemon's clock", now - ev.ts))
