@@ -11,6 +11,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <curl/curl.h>
+#include <git2.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+
 extern int luaopen_lpeg(lua_State *L);
 extern int luaopen_cjson(lua_State *L);
 extern int luaopen_cjson_safe(lua_State *L);
@@ -184,6 +189,16 @@ static int open_host(lua_State *L)
 	lua_setfield(L, -2, "lua_version");
 	lua_pushstring(L, uv_version_string());
 	lua_setfield(L, -2, "uv_version");
+	int maj, min, rev;
+	git_libgit2_version(&maj, &min, &rev);
+	lua_pushfstring(L, "%d.%d.%d", maj, min, rev);
+	lua_setfield(L, -2, "libgit2_version");
+	lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+	lua_setfield(L, -2, "curl_version");
+	lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
+	lua_setfield(L, -2, "openssl_version");
+	lua_pushstring(L, sqlite3_libversion());
+	lua_setfield(L, -2, "sqlite_version");
 	return 1;
 }
 
