@@ -392,12 +392,21 @@ function Sandbox:stop(opts)
   return self
 end
 
---- Start a stopped sandbox again. Idempotent.
+--- Start a stopped sandbox again: the container, then its home directory (a fresh
+--- tmpfs) is set up again by the system, agent-config and mcp stages. Idempotent.
 function Sandbox:start()
   local c = need_container(self)
+  local was = self:live_state()
   c:start()
+  if was ~= "running" then
+    local stages = require "foundry.stages"
+    local ctx = { spec = self.spec, skip = stages.skip, note = function() end, shield = function(f) return f() end }
+    for _, st in ipairs(stages.default()) do
+      if st.name == "system" or st.name == "agent-config" or st.name == "mcp" then st.run(self, ctx) end
+    end
+  end
   self:_update({ state = "running" })
-  M.register(self)
+  pcall(M.register, self)
   return self
 end
 
@@ -818,21 +827,24 @@ function Sandbox:destroy(opts)
   opts = opts or {}
   local result = { name = self.name, removed = true }
   local st = state()
+  -- the sandbox's commits first: nothing is removed when they cannot be kept
+  local ws
+  if self.data.ws then
+    local ok, w = pcall(self.git_workspace, self)
+    if ok then ws = w else result.workspace_error = errors.message(w) end
+  end
+  if ws and not opts.discard and ws.sync then
+    local ok, res = pcall(ws.sync, ws, { keep_branch = opts.keep_branch, on_destroy = true })
+    if not ok then
+      errors.raise("sandbox.sync_failed", "cannot keep the commits of '" .. self.name .. "': " .. errors.message(res) ..
+        "; nothing was removed", "fix that and try again, or remove it anyway with --discard (its commits are lost)")
+    end
+    result.synced = res
+  end
   if self.state ~= "removing" then pcall(self._update, self, { state = "removing" }) end
   M.unregister(self.name)
   remove_containers(self.name, self.container_id)
-  if self.data.ws then
-    local ok, ws = pcall(self.git_workspace, self)
-    if ok and ws then
-      if not opts.discard and ws.sync then
-        local sok, res = pcall(ws.sync, ws, { keep_branch = opts.keep_branch, on_destroy = true })
-        if sok then result.synced = res else result.sync_error = errors.message(res) end
-      end
-      ws:destroy({ keep_branch = opts.keep_branch })
-    elseif not ok then
-      result.workspace_error = errors.message(ws)
-    end
-  end
+  if ws then ws:destroy({ keep_branch = opts.keep_branch }) end
   require("foundry.fs").rm(paths.sandbox_run(self.name))
   st.sandboxes.delete(self.name)
   return result

@@ -17,8 +17,11 @@ local util = require "foundry.util"
 
 local M = {}
 
+-- The work tree belongs to the sandbox's user (uid 1000), not to us: tell git that is fine.
+local SAFE = { "-c", "safe.directory=*" }
+
 local function git(dir, ...)
-  local r = exec{ "git", "-C", dir, ... }
+  local r = exec{ "git", SAFE[1], SAFE[2], "-C", dir, ... }
   if not r.ok then
     local msg = util.trim(r.stderr):gsub("\n.*", "")
     errors.raise("git.failed", "git " .. table.concat({ ... }, " ") .. ": " .. msg)
@@ -64,7 +67,7 @@ function M.create(spec)
   local branch = spec.branch or ("sandbox/" .. spec.name)
   local from = spec.from
   local ok, err = pcall(function()
-    local has_branch = exec{ "git", "-C", repo, "rev-parse", "--verify", "-q", "refs/heads/" .. branch }.ok
+    local has_branch = exec{ "git", SAFE[1], SAFE[2], "-C", repo, "rev-parse", "--verify", "-q", "refs/heads/" .. branch }.ok
     local start = has_branch and branch or from or "HEAD"
     local base_commit = git(repo, "rev-parse", "--verify", start .. "^{commit}")
     local tree = path .. "/tree"
@@ -110,12 +113,12 @@ function WS:sync(opts)
   opts = opts or {}
   local n = self:commits()
   if n == 0 and not opts.keep_branch then return { branch = self.branch, commits = 0, updated = false } end
-  local head = exec{ "git", "-C", self.repo, "symbolic-ref", "-q", "--short", "HEAD" }
+  local head = exec{ "git", SAFE[1], SAFE[2], "-C", self.repo, "symbolic-ref", "-q", "--short", "HEAD" }
   if head.ok and util.trim(head.stdout) == self.branch then
     errors.raise("git.checked_out", "the branch " .. self.branch .. " is checked out in " .. self.repo,
       "switch that repository to another branch, then sync again")
   end
-  git(self.repo, "fetch", "-q", "--no-tags", self.tree, "+refs/heads/" .. self.branch .. ":refs/heads/" .. self.branch)
+  git(self.repo, "fetch", "-q", "--no-tags", "--upload-pack=git -c safe.directory=* upload-pack", self.tree, "+refs/heads/" .. self.branch .. ":refs/heads/" .. self.branch)
   return { branch = self.branch, commits = n, updated = true }
 end
 
@@ -128,8 +131,8 @@ function WS:diff(opts)
   local ok, res = pcall(function()
     fs.copy(self.tree .. "/.git/index", tmp)
     local env = { GIT_INDEX_FILE = tmp }
-    exec{ "git", "-C", self.tree, "add", "-A", "-N", env = env, check = true }
-    local args = { "git", "-C", self.tree, "diff", "--no-color", "--no-ext-diff", self.base_commit, env = env }
+    exec{ "git", SAFE[1], SAFE[2], "-C", self.tree, "add", "-A", "-N", env = env, check = true }
+    local args = { "git", SAFE[1], SAFE[2], "-C", self.tree, "diff", "--no-color", "--no-ext-diff", self.base_commit, env = env }
     if opts.stat then args[#args + 1] = "--stat" end
     local r = exec(args)
     if not r.ok then errors.raise("git.failed", "git diff: " .. util.trim(r.stderr)) end
