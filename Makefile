@@ -4,7 +4,7 @@ BUILD   ?= build
 CC      ?= cc
 PKG     ?= pkg-config
 
-PKGS      := lua5.4 libuv libcurl openssl libgit2 sqlite3
+PKGS      := lua5.4 libuv openssl libgit2 sqlite3
 LUALIBDIR := $(dir $(firstword $(wildcard /usr/lib/*/liblua5.4-luv.a /usr/lib/liblua5.4-luv.a)))
 LUASTATIC := $(LUALIBDIR)liblua5.4-luv.a $(LUALIBDIR)liblua5.4-lpeg.a $(LUALIBDIR)liblua5.4-cjson.a
 RE_LUA    ?= /usr/share/lua/5.4/re.lua

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <curl/curl.h>
 #include <git2.h>
 #include <openssl/crypto.h>
 #include <sqlite3.h>
@@ -193,8 +192,6 @@ static int open_host(lua_State *L)
 	git_libgit2_version(&maj, &min, &rev);
 	lua_pushfstring(L, "%d.%d.%d", maj, min, rev);
 	lua_setfield(L, -2, "libgit2_version");
-	lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
-	lua_setfield(L, -2, "curl_version");
 	lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
 	lua_setfield(L, -2, "openssl_version");
 	lua_pushstring(L, sqlite3_libversion());

@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(
   build-essential pkg-config
   liblua5.4-dev lua5.4 libuv1-dev lua-luv-dev lua-lpeg-dev lua-cjson-dev
-  libcurl4-openssl-dev libssl-dev libgit2-dev libsqlite3-dev libedit-dev libhttp-parser-dev
+  libssl-dev libgit2-dev libsqlite3-dev libedit-dev libhttp-parser-dev
   git curl ca-certificates python3 openssl
   docker.io debootstrap iproute2 procps valgrind lua-check
 )

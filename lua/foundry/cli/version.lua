@@ -14,7 +14,6 @@ return {
       libuv = host.uv_version,
       luv = luv.version_string and luv.version_string() or nil,
       libgit2 = host.libgit2_version,
-      libcurl = host.curl_version,
       openssl = host.openssl_version,
       sqlite = host.sqlite_version,
       lpeg = require("lpeg").version,
@@ -25,7 +24,7 @@ return {
       return 0
     end
     io.stdout:write("foundry ", v.foundry, "\n")
-    for _, k in ipairs { "lua", "libuv", "libgit2", "libcurl", "openssl", "sqlite", "lpeg" } do
+    for _, k in ipairs { "lua", "libuv", "libgit2", "openssl", "sqlite", "lpeg" } do
       io.stdout:write(string.format("  %-8s %s\n", k, tostring(v[k])))
     end
     return 0
