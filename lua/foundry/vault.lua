@@ -42,7 +42,8 @@ local function check_opts(fname, opts, allowed)
       local names = {}
       for a in pairs(allowed) do names[#names + 1] = a end
       local near = require("foundry.util").did_you_mean(tostring(k), names)
-      error(fname .. ": unknown option '" .. tostring(k) .. "'" .. (near and (" (did you mean '" .. near .. "'?)") or ""), 3)
+      error(fname .. ": unknown option '" .. tostring(k) .. "'" ..
+        (near and (" (did you mean '" .. near .. "'?)") or ""), 3)
     end
   end
   return opts

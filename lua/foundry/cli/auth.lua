@@ -102,7 +102,8 @@ function M.discover()
   local apath = codex_dir .. "/auth.json"
   local auth, araw = read_json(apath, notes)
   if auth then
-    add("openai", show_path(apath) .. " (OPENAI_API_KEY)", type(auth.OPENAI_API_KEY) == "string" and auth.OPENAI_API_KEY or nil)
+    local key = type(auth.OPENAI_API_KEY) == "string" and auth.OPENAI_API_KEY or nil
+    add("openai", show_path(apath) .. " (OPENAI_API_KEY)", key)
     if type(auth.tokens) == "table" then
       add("codex-auth", show_path(apath), araw, "the ChatGPT login, for the agent's own use")
     end
@@ -208,7 +209,8 @@ local function run(opts, args)
     else
       io.stdout:write("found ", #chosen, " credential", #chosen == 1 and "" or "s", ":\n")
       for _, r in ipairs(rows) do
-        local st = r.status == "new" and "new" or (r.status == "same" and "already in the vault" or "differs from the vault's")
+        local st = r.status == "new" and "new"
+          or (r.status == "same" and "already in the vault" or "differs from the vault's")
         io.stdout:write(string.format("  %-26s %-52s %s%s\n", r.c.name, table.concat(r.c.sources, ", "), st,
           r.c.note and (" (" .. r.c.note .. ")") or ""))
       end
@@ -238,7 +240,8 @@ local function run(opts, args)
   if v then v:lock() end
 
   if opts.json then
-    local out = { vault = vault.path(), created_vault = created_vault or false, found = {}, also_found = {}, notes = json.array(notes) }
+    local out = { vault = vault.path(), created_vault = created_vault or false, found = {}, also_found = {},
+      notes = json.array(notes) }
     for _, r in ipairs(rows) do
       out.found[#out.found + 1] = { name = r.c.name, sources = r.c.sources, status = r.status,
         imported = r.imported, note = r.c.note }

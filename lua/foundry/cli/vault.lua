@@ -209,7 +209,8 @@ credentials already on this machine.]],
       for k in pairs(sub) do names[#names + 1] = k end
       table.sort(names)
       local near = require("foundry.util").did_you_mean(name, names)
-      errors.raise("usage", "unknown vault command '" .. name .. "'" .. (near and (" — did you mean '" .. near .. "'?") or ""),
+      errors.raise("usage", "unknown vault command '" .. name .. "'" ..
+        (near and (" — did you mean '" .. near .. "'?") or ""),
         "one of: " .. table.concat(names, ", "))
     end
     if name ~= "set" and name ~= "get" and name ~= "rm" and args[2] then
