@@ -8,6 +8,7 @@ pkgs=(
   libssl-dev libgit2-dev libsqlite3-dev libedit-dev libhttp-parser-dev
   git curl ca-certificates python3 openssl
   docker.io debootstrap iproute2 procps valgrind lua-check
+  socat  # bench/shim.sh: the reference bridge the shim is measured against
 )
 missing=()
 for p in "${pkgs[@]}"; do
