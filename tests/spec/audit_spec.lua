@@ -196,7 +196,7 @@ describe("query", function()
         if #seen == 4 then return false end
       end }
     end)
-    foundry.sleep(50)
+    while #seen == 0 do foundry.sleep(5) end -- the follower has read the existing rows
     audit.append{ kind = "net", path = "/new1" }
     audit.append{ kind = "net", path = "/new2" }
     audit.append{ kind = "net", path = "/new3" }
@@ -348,6 +348,8 @@ describe("foundry audit", function()
     for l in d.stdout:gmatch("[^\n]+") do n = n + 1; expect(json.decode(l).decision):equals("deny") end
     expect(n):equals(1)
     expect(foundry_cli("audit", "--since", "whenever").status):equals(2)
+    local v = foundry_cli("audit", "--sandbox", "s2", "--json")
+    for l in v.stdout:gmatch("[^\n]+") do expect(json.decode(l).sandbox):equals("s2") end
   end)
 
   it("follows with -f until interrupted", { timeout = 20000 }, function()

@@ -86,6 +86,7 @@ modified, removed or reordered.]],
     { "limit", type = "number", arg = "N", help = "at most N rows (default 100; 0: all)" },
     { "kind", type = "string", arg = "KIND", help = "only rows of this kind (net, git, hook, api, ...)" },
     { "decision", type = "string", arg = "D", values = { "allow", "deny" }, help = "only allowed or denied" },
+    { "sandbox", type = "string", arg = "NAME", help = "same as NAME (for a sandbox named 'verify')" },
   },
   max_args = 1,
   order = 40,
@@ -97,13 +98,16 @@ modified, removed or reordered.]],
   },
   run = function(opts, args)
     if args[1] == "verify" then return verify(opts) end
+    if opts.sandbox and args[1] and opts.sandbox ~= args[1] then
+      errors.raise("usage", "two sandbox names: '" .. args[1] .. "' and --sandbox '" .. opts.sandbox .. "'")
+    end
     local limit = opts.limit
     if limit ~= nil and (math.type(limit) ~= "integer" and limit ~= math.floor(limit) or limit < 0) then
       errors.raise("usage", "option --limit: expected a non-negative integer")
     end
     limit = limit and math.tointeger(limit) or (opts.since == nil and 100 or nil)
     if limit == 0 then limit = nil end
-    local q = { sandbox = args[1], kind = opts.kind, decision = opts.decision, limit = limit }
+    local q = { sandbox = opts.sandbox or args[1], kind = opts.kind, decision = opts.decision, limit = limit }
     if opts.since then q.since = state.parse_time(opts.since) end
     local color = not opts.json and color_on()
     local out = io.stdout
