@@ -924,18 +924,24 @@ end
 
 -- ------------------------------------------------------------------ presets as programs
 
---- `foundry run PRESET.lua`: create the sandbox a preset describes (progress on the
---- terminal), then attach to its agent when there is a terminal. Returns the exit status.
+--- `foundry run PRESET.lua [ARGS]`: create the sandbox a preset describes (progress
+--- on the terminal, Ctrl-C rolls back), then attach to its agent when there is a
+--- terminal. Without one, prints the sandbox's name. Returns the exit status.
 function M.run_preset(p, info, arg)
   local tty = uv.guess_handle(1) == "tty" and uv.guess_handle(0) == "tty"
-  local spec = util.copy(p)
-  spec.preset = nil
-  local sb = M.create({ preset = spec, name = nil }, { progress = "auto", signals = true })
-  io.stderr:write("sandbox ", sb.name, " is ready (", info and info.path or "preset", ")\n")
+  local st = state()
+  local argv = { info and info.path or "?" }
+  for i = 1, #(arg or {}) do argv[#argv + 1] = arg[i] end
+  local hid = st.history.add({ command = "run", argv = argv, cwd = uv.cwd() })
+  local ok, sb = pcall(M.create, { preset = p }, { progress = "auto", signals = true })
+  pcall(st.history.finish, hid, ok and 0 or 1)
+  if not ok then error(sb, 0) end
+  if info and info.name then pcall(sb._update, sb, { preset = info.path or info.name }) end
   if tty then
     local status = sb:attach({})
-    return math.tointeger(status) or 0
+    return status == "detached" and 0 or (math.tointeger(status) or 0)
   end
+  io.stdout:write(sb.name, "\n")
   return 0
 end
 

@@ -333,6 +333,33 @@ describe("foundry rm", function()
   end)
 end)
 
+describe("foundry run", function()
+  it("creates the sandbox a preset file describes (no terminal: prints its name)", function()
+    fs.write(env.root .. "/p.lua", "return { extends = 'shell', network = 'none', env = { FROM_PRESET = 'yes' } }")
+    local r = L.ok{ "run", env.root .. "/p.lua" }
+    local name = r.stdout:match("^(%S+)\n$")
+    expect(name):equals("repo")
+    expect(L.ok{ "exec", name, "printenv", "FROM_PRESET" }.stdout):equals("yes\n")
+    expect(L.ok{ "info", name, "--json" }.json.network):equals("none")
+    L.ok{ "rm", "-y", name }
+    L.no_traces()
+  end)
+
+  it("runs the example that drives three sandboxes from three branches in parallel", function()
+    local r = L.ok{ "run", "presets/examples/parallel.lua", env.repo, "main", "feature", "main", "--", "git rev-parse --abbrev-ref HEAD",
+      cwd = require("luv").cwd() }
+    local seen = 0
+    for _ in r.stdout:gmatch("== [%w.-]+ %(from %w+%): exit 0\n") do seen = seen + 1 end
+    expect(seen):equals(3)
+    expect(r.stdout):contains("(from feature)")
+    L.no_traces()
+  end)
+
+  it("checks the shipped examples", function()
+    for _, f in ipairs({ "node-app.lua", "offline.lua" }) do L.ok{ "preset", "check", "presets/examples/" .. f, cwd = require("luv").cwd() } end
+  end)
+end)
+
 describe("ten sandboxes at once", function()
   it("creates them in parallel with distinct names, lists them, removes them all", function()
     local fns = {}

@@ -6,8 +6,8 @@ local M = {
   usage = "foundry run FILE.lua [ARGS...]",
   description = [[
 Runs FILE with the global `foundry` and `arg` set as the standalone lua interpreter does
-(arg[0] is FILE). A file that returns a table with a `preset` marker is a preset: the
-sandbox it describes is created and its agent runs attached.]],
+(arg[0] is FILE). A file that returns a table is a preset: the sandbox it describes is
+created (progress on the terminal, Ctrl-C rolls back) and its agent runs attached.]],
   min_args = 1,
   stop_at_positional = true,
   order = 80,
@@ -56,9 +56,9 @@ function M.run(opts, args)
   _G.arg = argt
   local res = table.pack(fn(table.unpack(argt)))
   local v = res[1]
-  if type(v) == "table" and rawget(v, "preset") ~= nil and res.n == 1 then
-    local ok, presets = pcall(require, "foundry.preset")
-    if ok and presets.run_file then return presets.run_file(path, v, argt) end
+  if type(v) == "table" and res.n == 1 and getmetatable(v) == nil then
+    -- a file that returns a table is a preset: create its sandbox, run its agent
+    return require("foundry.preset").run_file(path, v, argt)
   end
   if math.type(v) == "integer" and res.n == 1 then return v end
   return 0
