@@ -31,6 +31,7 @@ local crypto = require "foundry.crypto"
 local db = require "foundry.db"
 local errors = require "foundry.errors"
 local json = require "foundry.json"
+local paths = require "foundry.paths"
 local state = require "foundry.state"
 local util = require "foundry.util"
 local uv = require "luv"
@@ -196,21 +197,28 @@ local Writer = {}
 Writer.__index = Writer
 
 --- A buffered writer. `opts`: `flush_ms` (100), `max_rows` (256: a full buffer is written
---- at once), `max_buffer` (100000: rows kept while writes fail).
+--- at once), `max_buffer` (100000: rows kept while writes fail). Rows go to the state
+--- database that was current (paths.db()) when the first of a batch was appended; what a
+--- writer still holds at exit is written then.
 ---@param opts? {flush_ms?: integer, max_rows?: integer, max_buffer?: integer}
+local writers = setmetatable({}, { __mode = "k" })
+
 function M.writer(opts)
   opts = opts or {}
-  return setmetatable({
+  local w = setmetatable({
     buf = {}, flush_ms = opts.flush_ms or 100, max_rows = opts.max_rows or 256,
     max_buffer = opts.max_buffer or 100000, dropped = 0, timer = nil, due = false,
     last_error = nil, failing = false,
   }, Writer)
+  writers[w] = true
+  return w
 end
 
 --- Buffer a row (see the module's description). Returns nothing; misuse raises.
 function Writer:append(row)
   local r = prepare(row, 2)
   local buf = self.buf
+  if #buf == 0 then self.path = paths.db() end -- the database these rows belong to
   buf[#buf + 1] = r
   if #buf > self.max_buffer then
     -- writes have been failing for long: drop the oldest tenth at once (counted)
@@ -244,14 +252,27 @@ end
 function Writer:flush(conn)
   if self.due then self.timer:stop(); self.due = false end
   if #self.buf == 0 and self.dropped == 0 then return 0 end
+  -- the rows go to the database that was current when the first of them was appended
+  local c, temp = conn, nil
+  if not c then
+    if self.path and self.path ~= paths.db() then
+      paths.ensure(self.path:match("^(.*)/[^/]*$"))
+      temp = db.open(self.path)
+      local ok, err = pcall(state.migrate, temp)
+      if not ok then temp:close(); error(err, 0) end
+      c = temp
+    else
+      c = state.db()
+    end
+  end
   local rows = self.buf
   if self.dropped > 0 then
     rows = { prepare({ kind = "audit", reason = string.format("%d audit rows dropped: %s", self.dropped,
       self.last_error or "buffer full") }, 1) }
     for _, r in ipairs(self.buf) do rows[#rows + 1] = r end
   end
-  local c = conn or state.db()
   local ok, err = pcall(write, c, rows)
+  if temp then temp:close() end
   if not ok then
     -- ids and hashes given in the failed transaction are given again next time
     self.last_error = errors.message(err)
@@ -299,8 +320,20 @@ function M.flush(conn)
   return default:flush(conn)
 end
 
+--- Write, into `conn`, the rows of every writer that belong to its database (state.close
+--- calls this before closing the process's connection).
+function M.flush_into(conn)
+  local path = conn:path()
+  for w in pairs(writers) do
+    if w:pending() > 0 and w.path == path then w:flush(conn) end
+  end
+end
+
+-- Every writer still holding rows writes them at exit.
 db.at_exit(function()
-  if default:pending() > 0 or default.dropped > 0 then default:flush_quietly() end
+  for w in pairs(writers) do
+    if w:pending() > 0 or w.dropped > 0 then w:flush_quietly() end
+  end
 end)
 
 -- ------------------------------------------------------------------ reading

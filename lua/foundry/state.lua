@@ -242,8 +242,8 @@ function M.close()
   local c = conn
   conn, conn_path = nil, nil
   local audit = package.loaded["foundry.audit"]
-  if audit and audit.flush then
-    local ok, err = pcall(audit.flush, c)
+  if audit and audit.flush_into then
+    local ok, err = pcall(audit.flush_into, c)
     if not ok then io.stderr:write("foundry: audit flush: ", errors.message(err), "\n") end
   end
   if c:is_open() then c:close() end
@@ -437,7 +437,7 @@ function sandboxes.insert(row, opts)
   return sandboxes.get(r.name)
 end
 
---- Change fields of the sandbox `name` (updated_at is set) and return the row. Raises
+--- Change fields of the sandbox `name` (updated_at and pid are set) and return the row. Raises
 --- `state.not_found` when there is none. Renaming (fields.name) moves its events, logs,
 --- chat and subtasks with it, and raises `state.name_taken` if the new name is in use.
 ---@param name string
@@ -455,6 +455,10 @@ function sandboxes.update(name, fields)
   end
   sets[#sets + 1] = "updated_at = ?"
   vals[#vals + 1] = M.now()
+  if fields.pid == nil then
+    sets[#sets + 1] = "pid = ?"
+    vals[#vals + 1] = uv.os_getpid()
+  end
   vals[#vals + 1] = name
   local c = M.db()
   local ok, res = pcall(c.transaction, c, function()

@@ -146,12 +146,39 @@ describe("append", function()
     expect(rows[#rows].path):equals("/25")
   end)
 
-  it("writes buffered rows when the process exits", { timeout = 20000 }, function()
-    local r = foundry_cli("eval", [[require("foundry.audit").append{ kind = "net", host = "at-exit" }]])
+  it("writes buffered rows when the process exits, from every writer", { timeout = 20000 }, function()
+    local r = foundry_cli("eval", [[
+      local audit = require "foundry.audit"
+      audit.append{ kind = "net", host = "at-exit" }
+      _G.w = audit.writer{ flush_ms = 60000 }
+      _G.w:append{ kind = "net", host = "own-writer" }]])
     expect(r.stderr):equals("")
     expect(r.status):equals(0)
-    local row = state.db():row("SELECT * FROM audit")
-    expect(row.host):equals("at-exit")
+    local hosts = {}
+    for _, row in ipairs(state.db():query("SELECT host FROM audit ORDER BY id")) do hosts[#hosts + 1] = row.host end
+    table.sort(hosts)
+    expect(hosts):equals({ "at-exit", "own-writer" })
+  end)
+
+  it("writes rows buffered for one database into that one when FOUNDRY_HOME changes", function()
+    audit.append{ kind = "net", host = "first" }
+    local other = fs.mkdtemp("/tmp/foundry-audit-XXXXXX")
+    uv.os_setenv("FOUNDRY_HOME", other)
+    audit.flush()
+    audit.append{ kind = "net", host = "second" }
+    audit.flush()
+    local rows = state.db():query("SELECT host FROM audit")
+    expect(rows):equals({ { host = "second" } })
+    -- switching databases (state.db() closes the old connection) writes pending rows first
+    audit.append{ kind = "net", host = "third" }
+    uv.os_setenv("FOUNDRY_HOME", home)
+    expect(state.db():query("SELECT host FROM audit ORDER BY id")):equals({ { host = "first" } })
+    expect(audit.default_writer:pending()):equals(0)
+    state.close()
+    local c <close> = db.open(other .. "/state/foundry.db")
+    expect(c:query("SELECT host FROM audit ORDER BY id")):equals({ { host = "second" }, { host = "third" } })
+    c:close()
+    fs.rm(other)
   end)
 
   it("keeps one chain when several processes append at once", { timeout = 30000 }, function()
