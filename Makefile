@@ -4,25 +4,37 @@ BUILD   ?= build
 CC      ?= cc
 PKG     ?= pkg-config
 
-PKGS      := lua5.4 libuv openssl libgit2 sqlite3
+PKGS      := lua5.4 libuv openssl sqlite3
 LUALIBDIR := $(dir $(firstword $(wildcard /usr/lib/*/liblua5.4-luv.a /usr/lib/liblua5.4-luv.a)))
 LUASTATIC := $(LUALIBDIR)liblua5.4-luv.a $(LUALIBDIR)liblua5.4-lpeg.a $(LUALIBDIR)liblua5.4-cjson.a
 RE_LUA    ?= /usr/share/lua/5.4/re.lua
 
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -D_GNU_SOURCE \
-           -Iruntime -Iproxy -I$(BUILD) $(shell $(PKG) --cflags $(PKGS) lua5.4-luv 2>/dev/null)
-LDLIBS  += $(LUASTATIC) $(shell $(PKG) --libs $(PKGS) 2>/dev/null) -ledit -lhttp_parser -lm -lpthread -ldl
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers -D_GNU_SOURCE \
+           -fPIC -Iruntime -Iproxy -I$(BUILD) $(shell $(PKG) --cflags $(PKGS) libgit2 lua5.4-luv 2>/dev/null)
+LDLIBS  += $(LUASTATIC) $(shell $(PKG) --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm -lpthread -ldl
 
-RT_SRC   := $(filter-out runtime/main.c,$(wildcard runtime/*.c)) $(wildcard proxy/*.c)
+# Plugins: native modules whose libraries are heavy to load (libgit2 and its dozen
+# dependencies, libedit) are shared objects the host dlopens on first `require`, so
+# `foundry` starts as fast as the commands that need none of them. runtime/NAME.c and
+# runtime/NAME_*.c form plugin NAME. See docs/architecture.md "Plugins".
+PLUGINS      := git readline
+PLUGIN_LIBS_git      := $(shell $(PKG) --libs libgit2 2>/dev/null)
+PLUGIN_LIBS_readline := -ledit
+PLUGIN_SRC   := $(foreach p,$(PLUGINS),$(wildcard runtime/$(p).c runtime/$(p)_*.c))
+PLUGIN_SO    := $(foreach p,$(PLUGINS),$(if $(wildcard runtime/$(p).c),$(BUILD)/lib/foundry/$(p).so))
+
+ALL_SRC  := $(filter-out runtime/main.c,$(wildcard runtime/*.c)) $(wildcard proxy/*.c)
+RT_SRC   := $(filter-out $(PLUGIN_SRC),$(ALL_SRC))
 RT_OBJ   := $(patsubst %.c,$(BUILD)/obj/%.o,$(RT_SRC)) $(BUILD)/obj/embedded.o $(BUILD)/obj/modules.o
+PLUGIN_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(PLUGIN_SRC))
 LUA_SRC  := $(shell find lua presets policies -name '*.lua' 2>/dev/null | sort)
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 SHIM_SRC := $(wildcard shim/*.c)
 
 .PHONY: all deps test test-c test-lua test-integration asan valgrind bench install clean help lint image
-all: $(BUILD)/foundry $(if $(SHIM_SRC),$(BUILD)/foundry-shim)
+all: $(BUILD)/foundry $(PLUGIN_SO) $(if $(SHIM_SRC),$(BUILD)/foundry-shim)
 
 help:
 	@echo "make            build $(BUILD)/foundry (and $(BUILD)/foundry-shim)"
@@ -36,7 +48,7 @@ help:
 deps:
 	@bash tools/deps.sh
 
-$(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h proxy/*.h)
+$(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h proxy/*.h) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -47,9 +59,9 @@ $(BUILD)/embed: tools/embed.c
 $(BUILD)/embedded.c: $(BUILD)/embed $(LUA_SRC) $(RE_LUA)
 	$(BUILD)/embed $@ $(LUA_SRC) re=$(RE_LUA)
 
-$(BUILD)/modules.c: $(RT_SRC) tools/modules.sh
+$(BUILD)/modules.c: $(ALL_SRC) tools/modules.sh
 	@mkdir -p $(BUILD)
-	sh tools/modules.sh $(RT_SRC) > $@
+	PLUGINS="$(PLUGINS)" sh tools/modules.sh $(ALL_SRC) > $@
 
 $(BUILD)/obj/embedded.o: $(BUILD)/embedded.c
 	@mkdir -p $(dir $@)
@@ -59,16 +71,22 @@ $(BUILD)/obj/modules.o: $(BUILD)/modules.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/foundry: $(BUILD)/obj/runtime/main.o $(RT_OBJ)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+# The host exports its fdr_* functions (tools/exports.list) for the plugins.
+$(BUILD)/foundry: $(BUILD)/obj/runtime/main.o $(RT_OBJ) tools/exports.list
+	$(CC) $(CFLAGS) $(filter %.o,$^) -o $@ -Wl,--dynamic-list=tools/exports.list $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/lib/foundry/%.so: $(PLUGIN_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared $(filter $(BUILD)/obj/runtime/$*.o $(BUILD)/obj/runtime/$*_%.o,$(PLUGIN_OBJ)) \
+	    -o $@ $(LDFLAGS) $(PLUGIN_LIBS_$*)
 
 # The shim runs as PID 1 inside images we do not control: static, libc only.
 $(BUILD)/foundry-shim: $(SHIM_SRC)
 	$(CC) -std=c11 -Os -Wall -Wextra -Werror -D_GNU_SOURCE -static $^ -o $@
 
-$(BUILD)/tests/%: tests/c/%.c $(RT_OBJ)
+$(BUILD)/tests/%: tests/c/%.c $(RT_OBJ) $(PLUGIN_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS) $(foreach p,$(PLUGINS),$(PLUGIN_LIBS_$(p)))
 
 test: all $(CTESTS)
 	@bash tests/run.sh
@@ -101,8 +119,9 @@ lint:
 	luacheck --no-color -q lua presets policies tests/spec
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/foundry
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/foundry $(DESTDIR)$(PREFIX)/lib/foundry
 	install -m 0755 $(BUILD)/foundry $(DESTDIR)$(PREFIX)/bin/foundry
+	install -m 0644 $(PLUGIN_SO) $(DESTDIR)$(PREFIX)/lib/foundry/
 	$(if $(SHIM_SRC),install -m 0755 $(BUILD)/foundry-shim $(DESTDIR)$(PREFIX)/libexec/foundry/foundry-shim)
 
 clean:

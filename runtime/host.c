@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dlfcn.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include <git2.h>
 #include <openssl/crypto.h>
 #include <sqlite3.h>
 
@@ -26,9 +28,10 @@ extern const struct fdr_embedded {
 	size_t len;
 	int module;
 } fdr_embedded[];
-extern const struct {
+extern const struct fdr_native {
 	const char *name;
 	lua_CFunction open;
+	const char *plugin, *symbol; /* modules in plugins: lib/foundry/<plugin>.so */
 } fdr_native_modules[];
 
 fdr_host *fdr_host_of(lua_State *L)
@@ -129,6 +132,91 @@ static int l_resources(lua_State *L)
 	return 1;
 }
 
+/* ---- plugins ---- */
+
+/* dlopen lib/foundry/<name>.so: next to the binary in the build tree (build/foundry,
+ * build/lib/foundry/), or under PREFIX/lib/foundry when installed; FOUNDRY_PLUGIN_PATH
+ * overrides. Handles stay open for the life of the process. */
+static void *plugin_open(lua_State *L, const char *name)
+{
+	static struct {
+		char name[32];
+		void *handle;
+	} cache[8];
+	for (size_t i = 0; i < sizeof cache / sizeof cache[0]; i++)
+		if (cache[i].handle && strcmp(cache[i].name, name) == 0)
+			return cache[i].handle;
+	char exe[PATH_MAX], path[PATH_MAX + 64];
+	const char *dirs[3] = {getenv("FOUNDRY_PLUGIN_PATH"), NULL, NULL};
+	char d1[PATH_MAX + 16], d2[PATH_MAX + 16];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n > 0) {
+		exe[n] = 0;
+		char *slash = strrchr(exe, '/');
+		if (slash)
+			*slash = 0;
+		snprintf(d1, sizeof d1, "%s/lib/foundry", exe);
+		snprintf(d2, sizeof d2, "%s/../lib/foundry", exe);
+		dirs[1] = d1;
+		dirs[2] = d2;
+	}
+	const char *err = "not found";
+	for (int i = 0; i < 3; i++) {
+		if (!dirs[i] || !*dirs[i])
+			continue;
+		snprintf(path, sizeof path, "%s/%s.so", dirs[i], name);
+		if (access(path, R_OK) != 0)
+			continue;
+		void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+		if (!h) {
+			err = dlerror();
+			break;
+		}
+		for (size_t k = 0; k < sizeof cache / sizeof cache[0]; k++)
+			if (!cache[k].handle) {
+				snprintf(cache[k].name, sizeof cache[k].name, "%s", name);
+				cache[k].handle = h;
+				break;
+			}
+		return h;
+	}
+	fdr_error(L, "plugin", "reinstall Foundry (make install), or set FOUNDRY_PLUGIN_PATH to "
+			       "the directory holding it",
+		  "cannot load Foundry's %s plugin (%s.so): %s", name, name, err);
+	return NULL;
+}
+
+/* package.preload entry for a module in a plugin; upvalues: plugin, symbol */
+static int plugin_loader(lua_State *L)
+{
+	const char *plugin = lua_tostring(L, lua_upvalueindex(1));
+	const char *symbol = lua_tostring(L, lua_upvalueindex(2));
+	void *h = plugin_open(L, plugin);
+	lua_CFunction open;
+	*(void **)&open = dlsym(h, symbol);
+	if (!open)
+		return fdr_error(L, "plugin", "reinstall Foundry (make install)",
+				 "the %s plugin has no %s", plugin, symbol);
+	lua_pushcfunction(L, open);
+	lua_pushvalue(L, 1);
+	lua_call(L, 1, 1);
+	return 1;
+}
+
+/* foundry._host.libgit2_version() -> "1.5.1" (loads the git plugin) */
+static int l_libgit2_version(lua_State *L)
+{
+	void *h = plugin_open(L, "git");
+	int (*version)(int *, int *, int *);
+	*(void **)&version = dlsym(h, "git_libgit2_version");
+	if (!version)
+		return 0;
+	int maj, min, rev;
+	version(&maj, &min, &rev);
+	lua_pushfstring(L, "%d.%d.%d", maj, min, rev);
+	return 1;
+}
+
 static int no_walk(lua_State *L)
 {
 	return luaL_error(L, "uv.walk is not available in Foundry (the loop also holds "
@@ -182,16 +270,13 @@ static int open_host(lua_State *L)
 {
 	static const luaL_Reg fns[] = {{"resource", l_resource}, {"resources", l_resources},
 				       {"active_handles", l_active_handles}, {"modules", l_modules},
+				       {"libgit2_version", l_libgit2_version},
 				       {NULL, NULL}};
 	luaL_newlib(L, fns);
 	lua_pushstring(L, LUA_RELEASE);
 	lua_setfield(L, -2, "lua_version");
 	lua_pushstring(L, uv_version_string());
 	lua_setfield(L, -2, "uv_version");
-	int maj, min, rev;
-	git_libgit2_version(&maj, &min, &rev);
-	lua_pushfstring(L, "%d.%d.%d", maj, min, rev);
-	lua_setfield(L, -2, "libgit2_version");
 	lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
 	lua_setfield(L, -2, "openssl_version");
 	lua_pushstring(L, sqlite3_libversion());
@@ -256,9 +341,15 @@ fdr_host *fdr_host_new(void)
 	lua_pop(L, 1);
 
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-	for (int i = 0; fdr_native_modules[i].name; i++) {
-		lua_pushcfunction(L, fdr_native_modules[i].open);
-		lua_setfield(L, -2, fdr_native_modules[i].name);
+	for (const struct fdr_native *m = fdr_native_modules; m->name; m++) {
+		if (m->open) {
+			lua_pushcfunction(L, m->open);
+		} else {
+			lua_pushstring(L, m->plugin);
+			lua_pushstring(L, m->symbol);
+			lua_pushcclosure(L, plugin_loader, 2);
+		}
+		lua_setfield(L, -2, m->name);
 	}
 	static const luaL_Reg builtin[] = {{"luv", open_luv},	 {"uv", open_uv},
 					   {"lpeg", luaopen_lpeg},	 {"cjson", luaopen_cjson},

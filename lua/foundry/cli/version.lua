@@ -13,7 +13,7 @@ return {
       lua = host.lua_version,
       libuv = host.uv_version,
       luv = luv.version_string and luv.version_string() or nil,
-      libgit2 = host.libgit2_version,
+      libgit2 = select(2, pcall(host.libgit2_version)),
       openssl = host.openssl_version,
       sqlite = host.sqlite_version,
       lpeg = require("lpeg").version,
