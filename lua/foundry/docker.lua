@@ -238,7 +238,8 @@ local function engine_error(what, res, ctx)
   local s = res.status
   if s == 404 then
     code = "docker.not_found"
-    if lower:match("^no such image") or (ctx and ctx.kind == "image") then hint = HINTS.image
+    if ctx and ctx.kind == "image_rm" then hint = "list images with foundry image ls --all"
+    elseif lower:match("^no such image") or (ctx and ctx.kind == "image") then hint = HINTS.image
     elseif lower:match("^no such exec") then hint = HINTS.exec
     else hint = HINTS.container end
   elseif s == 409 then
@@ -449,7 +450,7 @@ function M.image_remove(name, opts)
   opts = opts or {}
   return (call_json("docker.image_remove", "DELETE", image_path(name, "docker.image_remove"), {
     query = { force = opts.force or nil, noprune = opts.noprune or nil }, timeout = opts.timeout,
-    ctx = { kind = "image" },
+    ctx = { kind = "image_rm" },
   }))
 end
 

@@ -78,13 +78,21 @@ function Suite:leftovers()
   return docker.containers{ all = true, labels = { [M.LABEL .. ".run"] = self.tag } }
 end
 
---- Remove every container of this run (running or not); returns how many there were.
+--- Remove every container of this run (running or not), and the images it tagged with
+--- its tag; returns how many containers there were.
 --- Safe to call when the engine is gone (returns 0).
 function Suite:cleanup()
   local ok, list = pcall(self.leftovers, self)
   if not ok then return 0 end
   for _, c in ipairs(list) do
     pcall(docker.container(c.id).remove, docker.container(c.id), { force = true, missing_ok = true })
+  end
+  -- images this run made: labelled as tests, tagged with the run's tag
+  local iok, images = pcall(docker.images, { labels = { [M.LABEL] = "1" } })
+  for _, im in ipairs(iok and images or {}) do
+    for _, t in ipairs(im.tags) do
+      if t:find(self.tag, 1, true) then pcall(docker.image_remove, t, { force = true }) end
+    end
   end
   docker.close_idle()
   return #list
