@@ -482,7 +482,7 @@ end
 
 local ops = {}
 
-function ops.ping(d)
+function ops.ping()
   return { pong = true, pid = getpid(), version = version(), protocol = M.PROTOCOL }
 end
 

@@ -142,7 +142,10 @@ function M.start(opts)
   if st and st.size > 10 * 1024 * 1024 then uv.fs_rename(files.log, files.log .. ".1") end
   local fd = assert(uv.fs_open(files.log, "a", tonumber("600", 8)))
   local from = (uv.fs_fstat(fd) or {}).size or 0
-  local exe = opts.exe or uv.exepath()
+  -- This very program. Linux reports " (deleted)" once the file was replaced (a rebuild,
+  -- an upgrade): then the new file at that path, or, while there is none, our own image.
+  local exe = opts.exe or (uv.exepath():gsub(" %(deleted%)$", ""))
+  if not uv.fs_stat(exe) and uv.fs_stat("/proc/self/exe") then exe = "/proc/self/exe" end
   local exited, status
   local handle, pid
   handle, pid = uv.spawn(exe, {
@@ -171,8 +174,9 @@ function M.start(opts)
   r = M.ping(1000)
   if r then return r, false end
   local tail = log_tail(files.log, from, 5)
-  errors.raise("daemon.start_failed", "the foundry daemon did not start" ..
-    (exited and (" (it exited with " .. status .. ")") or (" within " .. (opts.timeout or M.START_TIMEOUT_MS) .. " ms")) ..
+  local why = exited and (" (it exited with " .. status .. ")")
+    or (" within " .. (opts.timeout or M.START_TIMEOUT_MS) .. " ms")
+  errors.raise("daemon.start_failed", "the foundry daemon did not start" .. why ..
     (tail ~= "" and (":\n" .. tail) or ""), "its log is " .. files.log)
 end
 

@@ -7,7 +7,6 @@
 local uv = require "luv"
 local net = dofile("tests/lib/net.lua")
 local dh = require "tests.lib.docker"
-local docker = require "foundry.docker"
 local fs = foundry.fs
 local json = foundry.json
 
@@ -235,7 +234,8 @@ describe("foundry-shim with the real daemon and proxy engine", function()
     end
     local r = get()
     expect(r.stdout):equals("upstream\n")
-    r = c:exec{ "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://elsewhere.test/", timeout = 20000 }
+    r = c:exec{ "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://elsewhere.test/",
+      timeout = 20000 }
     expect(r.stdout):equals("403")
 
     uv.kill(pid, "sigkill")

@@ -253,7 +253,7 @@ function M.eventually(fn, timeout, step)
     local v = fn()
     if v then return v end
     if uv.hrtime() > deadline then return v end
-    foundry.sleep(step or 20)
+    task.sleep(step or 20)
   end
 end
 

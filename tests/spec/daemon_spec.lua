@@ -6,7 +6,6 @@ local uv = require "luv"
 local net = dofile("tests/lib/net.lua")
 local fs = foundry.fs
 local json = foundry.json
-local errors = require "foundry.errors"
 
 local BUILD = os.getenv("FOUNDRY_BUILD") or "build"
 local BIN = BUILD .. "/foundry"
@@ -247,7 +246,8 @@ describe("daemon and the proxy engine", function()
     up.close()
   end)
 
-  it("restores every registration after kill -9: egress through the shim's bridge comes back", { timeout = 30000 }, function()
+  it("restores every registration after kill -9: egress through the shim's bridge comes back",
+    { timeout = 30000 }, function()
     if not fs.exists(SHIM) then skip(SHIM .. " is not built") end
     local up = upstream("through the bridge")
     add_sandbox("alpha", up.port)
@@ -339,7 +339,8 @@ describe("daemon and the proxy engine", function()
       expect(post(sock, body, sign(body))):equals("200")
       expect(post(sock, body, sign(body))):equals("200")
       -- stale: signed, but an hour old
-      local old = json.encode({ event = "post-tool-use", payload = {}, ts = os.time() - 3600, nonce = string.rep("b", 32) })
+      local old = json.encode({ event = "post-tool-use", payload = {}, ts = os.time() - 3600,
+        nonce = string.rep("b", 32) })
       expect(post(sock, old, sign(old))):equals("200")
       foundry.sleep(300)
       expect(events()):equals(2)
@@ -388,7 +389,8 @@ describe("daemon (in this process)", function()
     local ran = false
     hooks.on("hk", "post-tool-use", function() error("boom in a hook") end)
     hooks.on("hk", "post-tool-use", function() ran = true end)
-    local status = d:on_event("hk", { event = "post-tool-use", ts = os.time(), nonce = require("foundry.crypto").token(16) })
+    local nonce = require("foundry.crypto").token(16)
+    local status = d:on_event("hk", { event = "post-tool-use", ts = os.time(), nonce = nonce })
     expect(status):equals(204)
     foundry.sleep(50)
     expect(ran):is(true)

@@ -172,8 +172,9 @@ describe("hooks: attach and dispatch", function()
 
   it("debounces auto-commit per sandbox and closes it on detach", function()
     local reports = {}
-    hooks.reporter = function(sb, level, msg) reports[#reports + 1] = level .. ": " .. msg end
-    local row = { name = "sb1", workspace = "/nonexistent", spec = { hooks = { post_tool_use = "commit", debounce_ms = 30 } } }
+    hooks.reporter = function(_, level, msg) reports[#reports + 1] = level .. ": " .. msg end
+    local row = { name = "sb1", workspace = "/nonexistent",
+      spec = { hooks = { post_tool_use = "commit", debounce_ms = 30 } } }
     for _ = 1, 5 do hooks.dispatch(row, { event = "post-tool-use" }) end
     foundry.sleep(150)
     -- one run for the burst: a commit, or (without foundry.git) one clear failure

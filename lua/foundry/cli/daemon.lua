@@ -80,7 +80,7 @@ function actions.restart(opts)
   return 0
 end
 
-function actions.run(opts)
+function actions.run()
   return require("foundry.daemon").run()
 end
 
@@ -110,8 +110,8 @@ database, so sandboxes regain egress without being recreated.
     local action = actions[sub]
     if not action then
       local near = util.did_you_mean(sub, SUBCOMMANDS)
-      errors.raise("usage", "unknown daemon command '" .. sub .. "'" .. (near and (" — did you mean '" .. near .. "'?") or ""),
-        "one of: " .. table.concat(SUBCOMMANDS, ", "))
+      errors.raise("usage", "unknown daemon command '" .. sub .. "'" ..
+        (near and (" — did you mean '" .. near .. "'?") or ""), "one of: " .. table.concat(SUBCOMMANDS, ", "))
     end
     return action(opts)
   end,
