@@ -65,6 +65,22 @@ function M.timeout(ms, fn, ...)
   return table.unpack(res, 2, res.n)
 end
 
+--- Run `fn()` once after `ms` milliseconds, as a task (cancel it with `:cancel()`).
+function M.after(ms, fn)
+  return task.spawn(function() task.sleep(ms); return fn() end)
+end
+
+--- Run `fn()` every `ms` milliseconds, as a task, until it returns false or the task is
+--- cancelled.
+function M.every(ms, fn)
+  return task.spawn(function()
+    while true do
+      task.sleep(ms)
+      if fn() == false then return end
+    end
+  end)
+end
+
 M.error = errors.new
 M.raise = errors.raise
 M.is_error = errors.is

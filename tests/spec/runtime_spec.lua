@@ -14,6 +14,30 @@ describe("tasks", function()
     expect(now() - t0):lt(250)
   end)
 
+  it("runs three tasks that each sleep and run a child process concurrently", function()
+    local t0 = now()
+    local ts = {}
+    for i = 1, 3 do
+      ts[i] = foundry.spawn(function()
+        foundry.sleep(200)
+        return foundry.exec { "sh", "-c", "sleep 0.3; echo " .. i }.stdout
+      end)
+    end
+    expect(foundry.join_all(ts)):equals({ "1\n", "2\n", "3\n" })
+    local elapsed = now() - t0
+    expect(elapsed):ge(500)  -- each task took 0.5 s ...
+    expect(elapsed):lt(1200) -- ... and together far less than 3 x 0.5 s
+  end)
+
+  it("runs timers: after and every", function()
+    local hits = 0
+    local e = foundry.every(10, function() hits = hits + 1; return hits < 3 end)
+    local a = foundry.after(5, function() return "later" end)
+    expect(a:join()):equals("later")
+    e:join()
+    expect(hits):equals(3)
+  end)
+
   it("returns every result from join", function()
     local t = foundry.spawn(function(a, b) return a, nil, b end, 1, 2)
     local a, b, c = t:join()
