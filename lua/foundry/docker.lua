@@ -603,6 +603,13 @@ function M.get(id, opts)
   return c
 end
 
+--- Inspect a container by id or name (docker.container(id):inspect()).
+---@param id string
+---@return table
+function M.inspect(id, opts)
+  return M.container(id):inspect(opts)
+end
+
 local CREATE_KEYS = {
   "image", "cmd", "entrypoint", "name", "hostname", "domainname", "user", "env", "workdir",
   "labels", "tty", "open_stdin", "stdin_once", "read_only", "network", "binds", "mounts",
