@@ -353,7 +353,7 @@ end
 
 function EventStream:close() self.stream:close() end
 EventStream.__close = EventStream.close
-function EventStream:__tostring() return "docker event stream" end
+function EventStream.__tostring() return "docker event stream" end
 
 --- Engine events (containers, images, networks...), as a stream. `spec`:
 --- `labels` ({key=value} or {"key=value"}: only objects with these labels), `filters`
@@ -509,7 +509,16 @@ end
 --- instructions: {"CMD [\"/bin/bash\"]", "USER agent", ...}), `message`, `on_progress`
 --- (called with each progress message), `timeout` (ms, default 30 min). Returns the new
 --- image's id.
----@param spec {data?: string, file?: string, repo?: string, tag?: string, changes?: string[], message?: string, on_progress?: fun(msg: table), timeout?: integer}
+---@class foundry.docker.ImportSpec
+---@field data? string the tar archive
+---@field file? string a path to the tar archive (streamed)
+---@field repo? string
+---@field tag? string
+---@field changes? string[] Dockerfile instructions
+---@field message? string
+---@field on_progress? fun(msg: table)
+---@field timeout? integer ms
+---@param spec foundry.docker.ImportSpec
 ---@return string
 function M.image_import(spec)
   check_type("docker.image_import", "spec", spec, "table")
@@ -532,7 +541,19 @@ end
 --- `network` (network mode for RUN, e.g. "none"), `on_progress` (called with each
 --- message: {stream=} lines, {status=}, {aux={ID=}}), `timeout` (ms, default 30 min).
 --- Returns the image id. A failing step raises `docker.build_failed` with `.messages`.
----@param spec {context?: string, context_file?: string, tag?: string, tags?: string[], dockerfile?: string, buildargs?: table, labels?: table, nocache?: boolean, network?: string, on_progress?: fun(msg: table), timeout?: integer}
+---@class foundry.docker.BuildSpec
+---@field context? string the context tar archive
+---@field context_file? string a path to it (streamed)
+---@field tag? string
+---@field tags? string[]
+---@field dockerfile? string
+---@field buildargs? table<string, string>
+---@field labels? table<string, string>
+---@field nocache? boolean
+---@field network? string network mode of RUN steps
+---@field on_progress? fun(msg: table)
+---@field timeout? integer ms
+---@param spec foundry.docker.BuildSpec
 ---@return string
 function M.image_build(spec)
   check_type("docker.image_build", "spec", spec, "table")
@@ -706,7 +727,8 @@ function M.create_body(spec)
     end
   end
   check_type(what, "image", spec.image, "string")
-  for _, k in ipairs{ "name", "hostname", "user", "workdir", "working_dir", "network", "stop_signal", "ipc", "pid", "restart" } do
+  for _, k in ipairs{ "name", "hostname", "user", "workdir", "working_dir", "network", "stop_signal", "ipc", "pid",
+      "restart" } do
     check_type(what, k, spec[k], "string", true)
   end
   local entrypoint = spec.entrypoint
@@ -754,12 +776,15 @@ function M.create_body(spec)
     for i, d in ipairs(spec.devices) do
       if type(d) == "string" then
         local host, ctr, perms = d:match("^([^:]+):?([^:]*):?([rwm]*)$")
-        d = { PathOnHost = host, PathInContainer = ctr ~= "" and ctr or host, CgroupPermissions = perms ~= "" and perms or "rwm" }
+        d = { PathOnHost = host, PathInContainer = ctr ~= "" and ctr or host,
+          CgroupPermissions = perms ~= "" and perms or "rwm" }
       end
       hc.Devices[i] = d
     end
   end
-  if spec.log_driver then hc.LogConfig = { Type = spec.log_driver, Config = string_map(what, "log_opts", spec.log_opts) or {} } end
+  if spec.log_driver then
+    hc.LogConfig = { Type = spec.log_driver, Config = string_map(what, "log_opts", spec.log_opts) or {} }
+  end
   for k, v in pairs(spec.host_config or {}) do hc[k] = v end
   local body = {
     Image = spec.image,
@@ -911,7 +936,10 @@ function Container:remove(opts)
   if not ok then
     if opts.missing_ok and errors.is(err, "docker.not_found") then return end
     -- removal already in progress (e.g. auto_remove) counts as removed when asked so
-    if opts.missing_ok and errors.is(err, "docker.conflict") and tostring(err.message):find("in progress", 1, true) then return end
+    if opts.missing_ok and errors.is(err, "docker.conflict")
+        and tostring(err.message):find("in progress", 1, true) then
+      return
+    end
     error(err, 0)
   end
 end
@@ -945,7 +973,8 @@ end
 --- ("all" or a count), `timestamps`. Without `follow`: returns {stdout=, stderr=}. With
 --- `follow=true`: returns a Stream (`:read()` gives a piece and "stdout"/"stderr"; TTY
 --- containers give one stream, "stdout") that ends when the container stops.
----@param opts? {follow?: boolean, stdout?: boolean, stderr?: boolean, since?: number, tail?: string|integer, timestamps?: boolean, timeout?: integer}
+---@param opts? {follow?: boolean, stdout?: boolean, stderr?: boolean, since?: number, tail?: string|integer,
+---  timestamps?: boolean, timeout?: integer}
 ---@return table|foundry.docker.Stream
 function Container:logs(opts)
   opts = opts or {}
@@ -1076,7 +1105,7 @@ local function timeout_error(what, err, ms)
   error(err, 0)
 end
 
-local function exec_start(self, what, id, spec, deadline)
+local function exec_start(what, id, spec, deadline)
   local remaining
   if deadline then
     remaining = deadline - now()
@@ -1110,7 +1139,7 @@ function Container:exec(spec)
     call(what, "POST", "/exec/" .. pct(id, "._-") .. "/start", { body = { Detach = true } })
     return { id = id }
   end
-  local stream <close> = exec_start(self, what, id, spec, deadline)
+  local stream <close> = exec_start(what, id, spec, deadline)
   local writer
   if stdin then
     -- a separate task, so output keeps flowing while a large input is written
@@ -1188,7 +1217,7 @@ end
 function Container:exec_stream(spec)
   local what = "docker.exec_stream"
   local id = exec_create(self, what, spec, true)
-  local stream = exec_start(self, what, id, spec, spec.timeout and now() + spec.timeout or nil)
+  local stream = exec_start(what, id, spec, spec.timeout and now() + spec.timeout or nil)
   return setmetatable({ id = id, stream = stream, tty = spec.tty or false, cmd = spec[1] }, Exec)
 end
 
@@ -1236,13 +1265,24 @@ end
 --- A tar archive (ustar) from a list of entries: `{name=, data=, mode=, type=
 --- "file"|"dir"|"symlink", target=, uid=, gid=, mtime=}` (`mode` as an integer, default
 --- 0644 for files and 0755 for directories). For put_archive.
----@param entries {name: string, data?: string, mode?: integer, type?: string, target?: string, uid?: integer, gid?: integer, mtime?: integer}[]
+---@class foundry.docker.TarEntry
+---@field name string
+---@field data? string
+---@field mode? integer
+---@field type? "file"|"dir"|"symlink"
+---@field target? string
+---@field uid? integer
+---@field gid? integer
+---@field mtime? integer
+---@param entries foundry.docker.TarEntry[]
 ---@return string
 function M.tar(entries)
   check_type("docker.tar", "entries", entries, "table")
   local out = {}
   for i, e in ipairs(entries) do
-    if type(e.name) ~= "string" or e.name == "" then error(string.format("docker.tar: entries[%d].name: expected string", i), 2) end
+    if type(e.name) ~= "string" or e.name == "" then
+      error(string.format("docker.tar: entries[%d].name: expected string", i), 2)
+    end
     local typ = e.type or (e.data ~= nil and "file") or "dir"
     local flag, size, data = "0", 0, ""
     if typ == "file" then
@@ -1306,9 +1346,7 @@ function M.untar(s)
         local k, v = line:match("^([^=]+)=(.*)$")
         if k then pax[k] = v end
       end
-    elseif flag == "g" then
-      -- global pax header: ignored
-    else
+    elseif flag ~= "g" then -- (a global pax header is ignored)
       if pax and pax.size then
         -- the real size came in the pax header: re-read the data
         local real = tonumber(pax.size)

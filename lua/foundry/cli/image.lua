@@ -2,6 +2,7 @@
 local docker = require "foundry.docker"
 local errors = require "foundry.errors"
 local json = require "foundry.json"
+local exec = require("foundry.exec").exec
 local uv = require "luv"
 
 local DEFAULT_PACKAGES = { "bash", "coreutils", "git", "curl", "ca-certificates", "tmux", "procps",
@@ -35,7 +36,9 @@ local function find_mirror(suite)
   if ok then
     table.sort(list, function(a, b) return a.name < b.name end)
     for _, e in ipairs(list) do
-      if e.name:match("%.list$") or e.name:match("%.sources$") then files[#files + 1] = "/etc/apt/sources.list.d/" .. e.name end
+      if e.name:match("%.list$") or e.name:match("%.sources$") then
+        files[#files + 1] = "/etc/apt/sources.list.d/" .. e.name
+      end
     end
   end
   for _, path in ipairs(files) do
@@ -68,7 +71,7 @@ local function find_mirror(suite)
 end
 
 local function run(argv, what)
-  local r = foundry.exec(argv)
+  local r = exec(argv)
   if r.status ~= 0 then
     local last = (r.stderr .. r.stdout):match("([^\n]+)\n?$") or ""
     errors.raise("image.failed", what .. " failed (exit " .. r.status .. "): " .. last)
@@ -104,7 +107,7 @@ local function bootstrap(opts, name)
     if uv.os_getuid and uv.os_getuid() ~= 0 then
       errors.raise("image.root", "debootstrap needs root", "run it as root: sudo foundry image bootstrap")
     end
-    if not foundry.exec{ "sh", "-c", "command -v debootstrap" }.ok then
+    if not exec{ "sh", "-c", "command -v debootstrap" }.ok then
       errors.raise("image.debootstrap", "debootstrap is not installed", "apt-get install debootstrap (or: make deps)")
     end
     local mirror = opts.mirror or find_mirror(suite)
@@ -125,7 +128,7 @@ local function bootstrap(opts, name)
       run({ "tar", "-C", root, "--numeric-owner", "--xattrs", "-cf", tarball .. ".part", "." }, "tar")
       fs.rename(tarball .. ".part", tarball)
     end)
-    foundry.exec{ "rm", "-rf", root }
+    exec{ "rm", "-rf", root }
     if not ok then pcall(fs.rm, tarball .. ".part"); error(err, 0) end
     say(opts, t0, "root filesystem cached: %s (%s)", tarball, human(fs.stat(tarball).size))
   else
@@ -194,7 +197,7 @@ function sub.build(opts, args)
       end
     end,
   })
-  foundry.exec{ "rm", "-rf", tmp }
+  exec{ "rm", "-rf", tmp }
   if not ok then error(id, 0) end
   if opts.json then
     io.stdout:write(json.encode({ image = opts.tag, id = id }), "\n")
@@ -234,7 +237,9 @@ function sub.ls(opts)
 end
 
 function sub.rm(opts, args)
-  if not args[2] then errors.raise("usage", "missing IMAGE: foundry image rm IMAGE...", "see 'foundry image --help'") end
+  if not args[2] then
+    errors.raise("usage", "missing IMAGE: foundry image rm IMAGE...", "see 'foundry image --help'")
+  end
   local removed = {}
   for i = 2, #args do
     local r = docker.image_remove(args[i], { force = opts.force })
@@ -292,8 +297,8 @@ Images are made locally: nothing is pulled from a registry.
     local fn = sub[name]
     if not fn then
       local near = require("foundry.util").did_you_mean(name, { "bootstrap", "build", "ls", "rm" })
-      errors.raise("usage", "unknown subcommand '" .. name .. "'" .. (near and (" — did you mean '" .. near .. "'?") or ""),
-        "see 'foundry image --help'")
+      errors.raise("usage", "unknown subcommand '" .. name .. "'"
+        .. (near and (" — did you mean '" .. near .. "'?") or ""), "see 'foundry image --help'")
     end
     return fn(opts, args)
   end,
