@@ -414,21 +414,20 @@ static const char *bind_one(lua_State *L, sqlite3_stmt *st, int i, int idx)
 }
 
 /* Bind the values from stack index `first` to the top. */
-static void bind_params(lua_State *L, conn *c, sqlite3_stmt *st, struct cached *slot,
-			int first, const char *sql)
+static void bind_params(lua_State *L, sqlite3_stmt *st, struct cached *slot, int first,
+			const char *sql)
 {
 	int top = lua_gettop(L);
 	int nparams = sqlite3_bind_parameter_count(st);
 	int nargs = top - first + 1;
 	if (nargs == 1 && lua_type(L, first) == LUA_TTABLE) {
-		int t = first, pos = 0;
+		int t = first;
 		luaL_checkstack(L, nparams + 2, "db: too many parameters");
 		for (int i = 1; i <= nparams; i++) {
+			/* `?` and `?N` are numbered by SQLite: the index is theirs in t */
 			const char *name = sqlite3_bind_parameter_name(st, i);
-			if (!name)
-				lua_geti(L, t, ++pos);
-			else if (name[0] == '?')
-				lua_geti(L, t, strtol(name + 1, NULL, 10));
+			if (!name || name[0] == '?')
+				lua_geti(L, t, i);
 			else
 				lua_getfield(L, t, name + 1);
 			const char *bad = bind_one(L, st, i, -1);
@@ -454,7 +453,6 @@ static void bind_params(lua_State *L, conn *c, sqlite3_stmt *st, struct cached *
 			luaL_error(L, "db: parameter %d: cannot bind (%s)", i, bad);
 		}
 	}
-	(void)c;
 }
 
 static void push_row(lua_State *L, sqlite3_stmt *st, int ncol)
@@ -494,7 +492,7 @@ static int execute(lua_State *L, int mode)
 	const char *sql = luaL_checklstring(L, 2, &len);
 	struct cached *slot;
 	sqlite3_stmt *st = prepare(L, c, sql, len, &slot);
-	bind_params(L, c, st, slot, 3, sql);
+	bind_params(L, st, slot, 3, sql);
 	int ncol = sqlite3_column_count(st);
 	int rc;
 	if (mode == MODE_QUERY) {

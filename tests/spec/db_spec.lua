@@ -78,6 +78,8 @@ describe("statements", function()
     expect(r.x):is_nil()
     expect(c:row("SELECT ?2 AS two, ?1 AS one", { "first", "second" })):equals({ two = "second", one = "first" })
     expect(c:row("SELECT ? AS a, ? AS b", { 1, 2 })):equals({ a = 1, b = 2 })
+    -- SQLite numbers a bare ? after ?2 as 3
+    expect(c:row("SELECT ?2 AS a, ? AS b", { "x", "y", "z" })):equals({ a = "y", b = "z" })
   end)
 
   it("returns {changes=, last_id=} from run and nil from row when nothing matches", function()
