@@ -507,13 +507,13 @@ int fdr_vault_parse(fdr_vault_image **out, const void *data, size_t len, fdr_vau
 			goto bad;
 		}
 		size_t nl = get16(b + pos);
-		if (!valid_name((const char *)b + pos + 2, nl)) {
-			rc = fail(err, FDR_VAULT_ECORRUPT, "entry %u has an invalid name", i + 1);
-			goto bad;
-		}
 		if (end - pos < ENTRY_FIXED + nl) {
 			rc = fail(err, FDR_VAULT_ETRUNC, "the file is truncated (entry %u of %u)", i + 1,
 				  count);
+			goto bad;
+		}
+		if (!valid_name((const char *)b + pos + 2, nl)) {
+			rc = fail(err, FDR_VAULT_ECORRUPT, "entry %u has an invalid name", i + 1);
 			goto bad;
 		}
 		struct ientry *x = &e[i];

@@ -289,6 +289,28 @@ static void test_hostile_kdf_parameters(void)
 	free(b);
 }
 
+/* Found by tests/fuzz: a name length pointing past the end of the file must be refused
+ * before the name is read (ASan sees the over-read: the buffer has the exact size). */
+static void test_name_past_end(void)
+{
+	fresh();
+	size_t len;
+	uint8_t *good = slurp(path, &len);
+	size_t n = 108 + 2 + 64;
+	uint8_t *b = malloc(n);
+	memcpy(b, good, 108);
+	b[104] = b[105] = b[106] = 0;
+	b[107] = 1;
+	b[108] = 0;
+	b[109] = 100; /* <= the name limit, > what is left */
+	memset(b + 110, 'a', 64);
+	fdr_vault_image *img = NULL;
+	fdr_vault_error err;
+	CHECK_EQ_INT(fdr_vault_parse(&img, b, n, &err), FDR_VAULT_ETRUNC);
+	free(b);
+	free(good);
+}
+
 /* Someone who can write the file but not decrypt it: recomputing the plain checksum is
  * not enough; the keyed MAC (or the entry's tag) refuses. */
 static void test_tampering_detected(void)
@@ -609,6 +631,7 @@ int main(void)
 	RUN(test_flipped_bytes_everywhere);
 	RUN(test_wrong_version);
 	RUN(test_hostile_kdf_parameters);
+	RUN(test_name_past_end);
 	RUN(test_tampering_detected);
 	RUN(test_failure_before_rename_keeps_old);
 	RUN(test_disk_full_keeps_old);
