@@ -10,6 +10,7 @@ LUASTATIC := $(LUALIBDIR)liblua5.4-luv.a $(LUALIBDIR)liblua5.4-lpeg.a $(LUALIBDI
 RE_LUA    ?= /usr/share/lua/5.4/re.lua
 
 OPT     ?= -O2
+ASAN_SUITES ?= c lua
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers -D_GNU_SOURCE \
            -fPIC -Iruntime -Iproxy -I$(BUILD) $(shell $(PKG) --cflags $(PKGS) libgit2 lua5.4-luv 2>/dev/null)
@@ -33,6 +34,7 @@ LUA_SRC  := $(shell find lua presets policies -name '*.lua' 2>/dev/null | sort)
 CTESTS   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 SHIM_SRC := $(wildcard shim/*.c)
 
+.SECONDARY: $(PLUGIN_OBJ)
 .PHONY: all deps test test-c test-lua test-integration asan valgrind bench install clean help lint image
 all: $(BUILD)/foundry $(PLUGIN_SO) $(if $(SHIM_SRC),$(BUILD)/foundry-shim)
 
