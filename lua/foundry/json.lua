@@ -99,13 +99,29 @@ function M.encode(v, opts)
   return table.concat(out)
 end
 
---- Decode text. Raises `json.decode` on malformed input.
+-- lua-cjson 2.1 decodes every number as a float: give integral values back as integers
+-- (JSON does not tell 2 from 2.0; Lua code compares with math.type and formats with %d).
+local function integers(v, depth)
+  local t = type(v)
+  if t == "number" then
+    return math.tointeger(v) or v
+  elseif t == "table" and depth < 200 then
+    for k, x in pairs(v) do
+      local tx = type(x)
+      if tx == "number" or tx == "table" then v[k] = integers(x, depth + 1) end
+    end
+  end
+  return v
+end
+
+--- Decode text (integral numbers come back as integers). Raises `json.decode` on
+--- malformed input.
 function M.decode(s, what)
   local ok, v = pcall(dec.decode, s)
   if not ok then
     errors.raise("json.decode", (what or "JSON") .. ": " .. tostring(v):gsub("^Expected", "expected"))
   end
-  return v
+  return integers(v, 0)
 end
 
 return M
