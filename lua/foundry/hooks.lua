@@ -344,18 +344,72 @@ function M.auto_commit(opts)
   end
 end
 
---- Commit all changes of `sb.workspace` and push: the body of auto_commit's run.
+-- The tools named by a batch of post-tool-use events (Claude Code's payload has
+-- tool_name), counted: "Edit ×3, Write".
+local function tools_of(calls)
+  local counts, order = {}, {}
+  for _, c in ipairs(calls) do
+    local ev = c[1]
+    local p = type(ev) == "table" and ev.payload
+    local name = type(p) == "table" and type(p.tool_name) == "string" and p.tool_name or nil
+    if name then
+      if not counts[name] then order[#order + 1] = name; counts[name] = 0 end
+      counts[name] = counts[name] + 1
+    end
+  end
+  local out = {}
+  for _, n in ipairs(order) do out[#out + 1] = counts[n] > 1 and (n .. " ×" .. counts[n]) or n end
+  return table.concat(out, ", ")
+end
+
+--- The default auto-commit message: how many files, which (up to 20), and which tools
+--- changed them.
+function M.default_message(changes, calls)
+  local files = {}
+  for i, c in ipairs(changes) do
+    if i > 20 then files[#files + 1] = "  … and " .. (#changes - 20) .. " more"; break end
+    local kind = c.worktree or c.index or "changed"
+    files[#files + 1] = "  " .. (kind == "untracked" and "added" or kind) .. ": " .. c.path
+  end
+  local tools = tools_of(calls or {})
+  return string.format("foundry: auto-commit %d file%s%s\n\n%s\n", #changes, #changes == 1 and "" or "s",
+    tools ~= "" and (" (" .. tools .. ")") or "", table.concat(files, "\n"))
+end
+
+--- Commit all changes of `sb.workspace` and push: the body of auto_commit's run, after
+--- `#calls` events. Returns the new commit's id, or nil when there was nothing to commit.
 function M.commit_and_push(sb, calls, opts)
   local ok, git = pcall(require, "foundry.git")
   if not ok or type(git) ~= "table" or type(git.commit_all) ~= "function" then
     errors.raise("hooks.unavailable", "auto-commit needs foundry.git.commit_all, which this build does not have")
   end
-  local res = git.commit_all(sb.workspace, { message = opts.message, events = #calls, sandbox = sb })
-  if res and opts.push ~= false and type(git.push) == "function" then
-    git.push(sb.workspace, { sandbox = sb })
+  if type(sb.workspace) ~= "string" or sb.workspace == "" then
+    errors.raise("hooks.no_workspace", "sandbox '" .. sb.name .. "' has no workspace to commit")
   end
-  M.report(sb.name, "info", res and ("auto-commit " .. tostring(res.id or res)) or "auto-commit: nothing to commit")
-  return res
+  local message = opts.message
+  local id = git.commit_all(sb.workspace, {
+    -- commit_all retries while the agent's own git holds index.lock
+    message = function(changes)
+      if type(message) == "function" then return message(changes, calls) end
+      return message or M.default_message(changes, calls)
+    end,
+  })
+  if not id then
+    M.report(sb.name, "info", "auto-commit: nothing to commit")
+    return nil
+  end
+  M.report(sb.name, "info", string.format("auto-commit %s after %d event%s", id:sub(1, 12), #calls,
+    #calls == 1 and "" or "s"))
+  if opts.push ~= false then
+    if type(git.push) == "function" then
+      git.push(sb.workspace, { sandbox = sb })
+      M.report(sb.name, "info", "auto-commit " .. id:sub(1, 12) .. " pushed")
+    elseif not opts._push_noted then
+      opts._push_noted = true
+      M.report(sb.name, "warn", "auto-commit: not pushed (this build's foundry.git cannot push yet)")
+    end
+  end
+  return id
 end
 
 return M

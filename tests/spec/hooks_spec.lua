@@ -185,3 +185,82 @@ describe("hooks: attach and dispatch", function()
     expect(#reports):equals(1)
   end)
 end)
+
+describe("hooks.auto_commit with a real repository", function()
+  local repo, reports
+  local function git(...)
+    local argv = { "git", "-C", repo, ... }
+    argv.check = true
+    return foundry.exec(argv).stdout
+  end
+  local function commits() return tonumber((git("rev-list", "--count", "HEAD"):gsub("%s", ""))) end
+
+  before_each(function()
+    local ok, g = pcall(require, "foundry.git")
+    if not ok or type(g.commit_all) ~= "function" then skip("foundry.git.commit_all is not in this build") end
+    repo = foundry.fs.mkdtemp("/tmp/fac-XXXXXX")
+    foundry.exec{ "git", "init", "-q", repo, check = true }
+    git("-c", "user.name=t", "-c", "user.email=t@example.test", "commit", "-q", "--allow-empty", "-m", "init")
+    git("config", "user.name", "Sandbox Agent")
+    git("config", "user.email", "agent@example.test")
+    reports = {}
+    hooks.reporter = function(_, level, msg) reports[#reports + 1] = level .. ": " .. msg end
+  end)
+  after_each(function()
+    hooks.detach("ac")
+    hooks.reporter = nil
+    if repo then foundry.fs.rm(repo) end
+  end)
+
+  local function row(ms)
+    return { name = "ac", workspace = repo, spec = { hooks = { post_tool_use = "commit", debounce_ms = ms } } }
+  end
+  local function event(tool) return { event = "post-tool-use", payload = { tool_name = tool } } end
+
+  it("commits once after a burst of 20 events, and again after later events", { timeout = 20000 }, function()
+    local r = row(300)
+    for i = 1, 20 do
+      foundry.fs.write(repo .. "/f" .. i .. ".txt", "change " .. i .. "\n")
+      hooks.dispatch(r, event(i % 4 == 0 and "Write" or "Edit"))
+      foundry.sleep(10)
+    end
+    expect(commits()):equals(1) -- nothing yet: the burst is still going
+    foundry.sleep(800)
+    expect(commits()):equals(2)
+    local msg = git("log", "-1", "--format=%an|%B")
+    expect(msg):matches("^Sandbox Agent|foundry: auto%-commit 20 files %(Edit ×15, Write ×5%)")
+    expect(msg):contains("added: f1.txt")
+    expect(git("status", "--porcelain")):equals("")
+    -- later: one more event, one more commit
+    foundry.fs.write(repo .. "/f1.txt", "changed again\n")
+    hooks.dispatch(r, event("Edit"))
+    foundry.sleep(800)
+    expect(commits()):equals(3)
+    expect(git("log", "-1", "--format=%s")):equals("foundry: auto-commit 1 file (Edit)\n")
+    -- an event without changes commits nothing
+    hooks.dispatch(r, event("Read"))
+    foundry.sleep(800)
+    expect(commits()):equals(3)
+    expect(table.concat(reports, "\n")):contains("nothing to commit")
+  end)
+
+  it("waits for the agent's own index.lock instead of failing", { timeout = 20000 }, function()
+    foundry.fs.write(repo .. "/.git/index.lock", "")
+    foundry.fs.write(repo .. "/x.txt", "x\n")
+    hooks.dispatch(row(50), event("Edit"))
+    foundry.sleep(600)
+    expect(commits()):equals(1)
+    foundry.fs.unlink(repo .. "/.git/index.lock")
+    foundry.sleep(1000)
+    expect(commits()):equals(2)
+    for _, r in ipairs(reports) do expect(r).never:matches("^error") end
+  end)
+
+  it("reports a failure (no such workspace) and keeps the daemon's other hooks going", function()
+    local bad = { name = "ac", workspace = repo .. "/nope",
+      spec = { hooks = { post_tool_use = "commit", debounce_ms = 20 } } }
+    hooks.dispatch(bad, event("Edit"))
+    foundry.sleep(300)
+    expect(reports[1]):matches("^error: auto%-commit failed")
+  end)
+end)
