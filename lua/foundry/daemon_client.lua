@@ -107,6 +107,11 @@ function M.ping(timeout)
   return nil, r
 end
 
+--- True when a daemon answers (none is started).
+function M.running(timeout)
+  return M.ping(timeout) ~= nil
+end
+
 --- Its status (see `foundry daemon status --json`), or nil when it is not running.
 function M.status()
   local ok, r = pcall(M.call, "status", nil, { timeout = 5000 })
