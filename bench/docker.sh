@@ -6,6 +6,8 @@
 #      - the docker CLI: docker create; docker start; docker exec; docker rm -f
 #   2. exec round trip: `true` in a running container, M times
 #      - foundry.docker (c:exec{"true"}) vs `docker exec C true`
+#   3. API round trip (container inspect), M times: c:inspect() vs `docker inspect C`
+#      (mostly the transport's own cost: the engine answers from memory)
 # Prints milliseconds per operation (median and mean) and the ratio foundry/CLI.
 #
 #   bench/docker.sh [N] [M]      (default 10 cycles, 30 execs; FOUNDRY=path/to/foundry)
@@ -58,11 +60,16 @@ for i = 1, $M do
   assert(c:exec{ 'true' }.status == 0)
   ex[#ex + 1] = ns() - t0
 end
+local ver = {}
+for i = 1, $M do
+  local t0 = ns()
+  c:inspect()
+  ver[#ver + 1] = ns() - t0
+end
 c:remove{ force = true }
-return table.concat(cyc, ' ') .. '|' .. table.concat(ex, ' ')
+return table.concat(cyc, ' ') .. '|' .. table.concat(ex, ' ') .. '|' .. table.concat(ver, ' ')
 ")
-cyc_f=${inproc%|*}
-exec_f=${inproc#*|}
+IFS='|' read -r cyc_f exec_f ver_f <<<"$inproc"
 
 # 1b. foundry eval per cycle (process start included)
 proc=()
@@ -96,6 +103,13 @@ for _ in $(seq "$M"); do
   docker exec "$id" true
   cli_exec+=($(( $(now) - t0 )))
 done
+# 3. docker inspect round trip
+cli_ver=()
+for _ in $(seq "$M"); do
+  t0=$(now)
+  docker inspect "$id" >/dev/null
+  cli_ver+=($(( $(now) - t0 )))
+done
 docker rm -f "$id" >/dev/null
 
 # shellcheck disable=SC2086
@@ -105,6 +119,8 @@ docker rm -f "$id" >/dev/null
   stats cycle_cli "${cli[@]}"
   stats exec_foundry $exec_f
   stats exec_cli "${cli_exec[@]}"
+  stats ver_foundry $ver_f
+  stats ver_cli "${cli_ver[@]}"
 } | awk '
   { med[$1] = $2; mean[$1] = $3 }
   END {
@@ -114,4 +130,6 @@ docker rm -f "$id" >/dev/null
     printf "%-44s %10.1f %10.1f %8.2f\n", "create+start+exec+rm: foundry eval (process)", med["cycle_foundry_process"], mean["cycle_foundry_process"], med["cycle_foundry_process"] / med["cycle_cli"]
     printf "%-44s %10.1f %10.1f %8s\n", "exec true: docker exec", med["exec_cli"], mean["exec_cli"], "1.00"
     printf "%-44s %10.1f %10.1f %8.2f\n", "exec true: foundry.docker", med["exec_foundry"], mean["exec_foundry"], med["exec_foundry"] / med["exec_cli"]
+    printf "%-44s %10.1f %10.1f %8s\n", "inspect: docker inspect", med["ver_cli"], mean["ver_cli"], "1.00"
+    printf "%-44s %10.2f %10.2f %8.3f\n", "inspect: foundry.docker", med["ver_foundry"], mean["ver_foundry"], med["ver_foundry"] / med["ver_cli"]
   }'
