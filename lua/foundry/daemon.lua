@@ -466,7 +466,7 @@ function Daemon:status()
       if ok then proxy.stats = s end
     end
   else
-    proxy = { ready = false, error = self.eng_error or "not started (no sandbox registered yet)" }
+    proxy = { ready = false, error = self.eng_error or "not started" }
   end
   return {
     running = true, pid = getpid(), version = version(), protocol = M.PROTOCOL,
@@ -649,6 +649,9 @@ function Daemon:start()
 
   self.running = true
   self:log("info", "foundry daemon %s started (pid %d), control socket %s", version(), getpid(), f.socket)
+  -- The engine now, so `status` tells at once whether egress can work at all.
+  local eok, eerr = pcall(self.engine, self)
+  if not eok then self:log("error", "%s", errors.message(eerr)) end
   self:restore()
   self:set_ready()
   return self

@@ -218,6 +218,15 @@ describe("foundry-shim bridge", function()
     srv.close()
   end)
 
+  it("takes the socket and the address from --proxy-socket and --proxy-listen too", function()
+    local srv = counting_server()
+    local p = net.start({ SHIM, "init", "--proxy-socket", sock, "--proxy-listen", "127.0.0.1:" .. port })
+    expect(net.eventually(function() return net.tcp_listening(port) end, 3000)):truthy()
+    expect(roundtrip("12345")):matches("^got 5 bytes")
+    p:kill("sigterm"); p:wait()
+    srv.close()
+  end)
+
   it("closes the client when the socket is missing, logging at most once a second", function()
     local p = bridge()
     for _ = 1, 5 do
