@@ -48,7 +48,7 @@ function M.engine(opts)
   local json = require "cjson.safe"
   self.native = native.engine({
     ca_dir = ca_dir,
-    upstream_ca_file = opts.upstream_ca_file,
+    upstream_ca_file = opts.upstream_ca_file or nil,
     audit = opts.audit,
     hook = function(name, req)
       local sb = sandboxes[name]

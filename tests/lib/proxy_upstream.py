@@ -9,6 +9,7 @@ Writes the port it listens on to PORTFILE. Endpoints:
   /stream?n=&ms=  n server-sent events, ms apart (chunked)
   /bytes?n=       n bytes
   /status?code=   an empty response with that status
+  /ws             an Upgrade: websocket answered with 101, then an echo of raw bytes
   anything else   like /echo
 """
 import json, os, ssl, sys, time
@@ -62,6 +63,19 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(ms / 1000.0)
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if u.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True
+            while True:
+                data = self.connection.recv(4096)
+                if not data:
+                    break
+                self.connection.sendall(b"echo:" + data)
             return
         if u.path == "/bytes":
             self.send(200, b"x" * int(q.get("n", ["1000"])[0]), "application/octet-stream")
