@@ -692,6 +692,9 @@ function Daemon:stop(reason)
     if not ok then self:log("warn", "closing the proxy engine: %s", errors.message(err)) end
   end
   self.eng = nil
+  -- Free the closed engine's userdata now, not during the host's shutdown (proxy.c's
+  -- engine memory is released at host close; a later __gc must not find it).
+  collectgarbage()
   hooks.reporter = nil
   local audit = optional("foundry.audit")
   if audit and audit.flush then pcall(audit.flush) end
