@@ -200,7 +200,9 @@ end
 function WS:log(opts)
   self:_check()
   opts = opts or {}
-  return git().log(self, { rev = opts.rev or self.ref, hide = opts.all and nil or (opts.hide or self.base_commit), n = opts.n })
+  local hide
+  if not opts.all then hide = opts.hide or self.base_commit end
+  return git().log(self, { rev = opts.rev or self.ref, hide = hide, n = opts.n })
 end
 
 --- How many commits the sandbox made.
@@ -297,7 +299,7 @@ end
 -- Copy the source's uncommitted state (as its work tree has it) into the new tree.
 local function carry(src_workdir, tree, changes, owner)
   for _, c in ipairs(changes) do
-    for _, p in ipairs({ c.old_path, c.path }) do
+    for _, p in ipairs(c.old_path and { c.old_path, c.path } or { c.path }) do
       local from, to = src_workdir .. "/" .. p, tree .. "/" .. p
       local st = uv.fs_lstat(from)
       if not st then

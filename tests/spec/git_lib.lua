@@ -101,12 +101,14 @@ function G.source(name)
   return repo
 end
 
---- Ids of every object reachable from `refs` but not from `not_ref` in `repo`.
+--- Ids of every object reachable from `refs` but not from `not_ref` (if given) in `repo`.
 function G.objects_only_in(repo, refs, not_ref)
   local args = { "rev-list", "--objects" }
   for _, r in ipairs(refs) do args[#args + 1] = r end
-  args[#args + 1] = "--not"
-  args[#args + 1] = not_ref
+  if not_ref then
+    args[#args + 1] = "--not"
+    args[#args + 1] = not_ref
+  end
   local ids = {}
   for _, l in ipairs(G.lines(G.git(repo, table.unpack(args)))) do ids[#ids + 1] = l:match("^(%x+)") end
   return ids
