@@ -10,6 +10,11 @@ local IMAGE = dh.IMAGE
 
 local function now() uv.update_time(); return uv.now() end
 
+local function is_root() return foundry.exec{ "id", "-u" }.stdout == "0\n" end
+
+-- This binary (a rebuild while tests run leaves "(deleted)" on the old one's path).
+local function self_exe() return (uv.exepath():gsub(" %(deleted%)$", "")) end
+
 -- Run `fn` with DOCKER_HOST set to `host` (nil: unset), restoring it after.
 local function with_host(host, fn)
   local old = os.getenv("DOCKER_HOST")
@@ -621,8 +626,8 @@ describe("errors", function()
   end)
 
   it("says when the socket's permissions deny us", { timeout = 30000 }, function()
-    if uv.os_getuid and uv.os_getuid() ~= 0 then skip("needs root to switch to an unprivileged user") end
-    local exe = uv.exepath()
+    if not is_root() then skip("needs root to switch to an unprivileged user") end
+    local exe = self_exe()
     local r = foundry.exec{ "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "eval",
       "local ok, e = pcall(require('foundry.docker').ping); return e.code .. '|' .. e.message .. '|' .. e.hint",
       env = { DOCKER_HOST = "unix:///var/run/docker.sock", HOME = "/tmp" } }
@@ -694,6 +699,50 @@ describe("errors", function()
     docker.close_idle()
     r.close()
     c:remove{ force = true }
+  end)
+
+  it("resumes callers with an error when a real engine is killed or restarted", { timeout = 90000 }, function()
+    -- A dockerd of our own in fresh mount, PID and network namespaces (its state on a
+    -- tmpfs), so the shared engine is untouched. Needs root and unshare.
+    if not is_root() or not foundry.exec{ "sh", "-c", "command -v unshare && command -v dockerd" }.ok then
+      skip("needs root, unshare and dockerd")
+    end
+    local dir = foundry.fs.mkdtemp("/tmp/foundry-docker-restart-XXXXXX")
+    foundry.fs.write(dir .. "/restart.lua", [[
+local docker = require "foundry.docker"
+local out = {}
+for _, sig in ipairs{ "-KILL", "-TERM" } do
+  local ev = docker.events{}
+  local pid = io.open("/var/run/docker.pid"):read("l")
+  local reader = foundry.spawn(function() return pcall(function() while ev:next(30000) do end end) end)
+  -- a buffered call whose answer never completes (the event stream, not streamed)
+  local waiter = foundry.spawn(function() return pcall(docker.request, { path = "/events", timeout = 0 }) end)
+  foundry.sleep(200)
+  foundry.exec{ "kill", sig, pid }
+  local ok, err = reader:join()
+  ev:close()
+  out[#out + 1] = sig .. " events " .. (ok and "ended" or err.code)
+  local wok, werr = waiter:join()
+  out[#out + 1] = sig .. " call " .. (wok and "ok" or werr.code)
+  foundry.exec{ "sh", "-c", "while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.1; done", timeout = 30000 }
+  foundry.exec{ "bash", "tests/lib/dockerd.sh", check = true }
+  out[#out + 1] = sig .. " ping " .. docker.ping()
+end
+print(table.concat(out, "\n"))
+]])
+    local r = foundry.exec{ "unshare", "-m", "-p", "-n", "-f", "--mount-proc", "bash", "-c", table.concat({
+      "set -e", "mount --make-rprivate /", "mount -t tmpfs tmpfs /run", "mkdir -p /run/lock",
+      "mount -t tmpfs tmpfs /var/lib/docker", "ip link set lo up",
+      "DOCKERD_LOG=" .. dir .. "/dockerd.log bash tests/lib/dockerd.sh >/dev/null",
+      "\"$0\" run " .. dir .. "/restart.lua",
+      "kill $(cat /var/run/docker.pid)",
+    }, "\n"), self_exe(), timeout = 80000 }
+    foundry.fs.rm(dir)
+    expect(r.stderr):equals("")
+    expect(r.stdout):equals(table.concat({
+      "-KILL events docker.disconnected", "-KILL call docker.disconnected", "-KILL ping OK",
+      "-TERM events docker.disconnected", "-TERM call docker.disconnected", "-TERM ping OK",
+    }, "\n") .. "\n")
   end)
 
   it("rejects bad endpoints", function()

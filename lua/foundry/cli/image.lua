@@ -104,7 +104,7 @@ local function bootstrap(opts, name)
   require("foundry.paths").ensure(cache)
   local tarball = string.format("%s/rootfs-%s-%08x.tar", cache, suite, h)
   if opts.force or not fs.exists(tarball) then
-    if uv.os_getuid and uv.os_getuid() ~= 0 then
+    if exec{ "id", "-u" }.stdout ~= "0\n" then
       errors.raise("image.root", "debootstrap needs root", "run it as root: sudo foundry image bootstrap")
     end
     if not exec{ "sh", "-c", "command -v debootstrap" }.ok then
