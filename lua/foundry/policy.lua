@@ -520,6 +520,35 @@ function Policy:close()
   if self.vm then self.vm:close(); self.vm = nil end
 end
 
+local function integers(v)
+  if type(v) == "number" then return math.tointeger(v) or v end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = integers(x) end
+  return out
+end
+
+--- The policy of a sandbox's state row: the one recorded at creation (a name, a path or
+--- a table), else the default policy in the row's network mode.
+function M.of_sandbox(row)
+  local spec = type(row.spec) == "table" and row.spec or {}
+  local data = type(row.data) == "table" and row.data or {}
+  local p = data.policy or spec.policy
+  if p ~= nil then return M.resolve(integers(p)) end
+  local mode = row.network or spec.network
+  if mode and mode ~= "allowlist" then return M.from_table({ extends = "default", mode = mode }) end
+  return M.load("default")
+end
+
+--- Names of the policies shipped in policies/.
+function M.shipped()
+  local out = {}
+  for _, r in ipairs(require("foundry._host").resources("policies/")) do
+    out[#out + 1] = r:match("^policies/(.-)%.lua$")
+  end
+  return out
+end
+
 -- ------------------------------------------------------------------ explain
 
 local function split_url(url)
