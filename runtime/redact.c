@@ -97,6 +97,7 @@ struct pattern {
 	size_t off;          /* literal: offset of the value in the arena */
 	uint32_t len;        /* literal: value length; shape: prefix length */
 	uint32_t label;      /* literal: index into names; shape: index into shapes */
+	uint32_t head, mask; /* the first (up to) four bytes, for a quick reject */
 	unsigned char kind;
 };
 
@@ -188,8 +189,8 @@ int fdr_redactor_add(fdr_redactor *r, const char *name, const void *value, size_
 		return FDR_REDACT_ENOMEM;
 	memcpy(r->arena + r->arena_len, value, len);
 	r->names[r->nlit] = copy;
-	r->pats[r->npats++] = (struct pattern){r->arena_len, (uint32_t)len, (uint32_t)r->nlit,
-					       K_LITERAL};
+	r->pats[r->npats++] = (struct pattern){.off = r->arena_len, .len = (uint32_t)len,
+					       .label = (uint32_t)r->nlit, .kind = K_LITERAL};
 	r->nlit++;
 	r->arena_len += len;
 	if (len > r->max_lit)
@@ -275,8 +276,8 @@ static int build(fdr_redactor *r)
 				r->pats = p;
 				r->cappats = cap;
 			}
-			r->pats[r->npats++] = (struct pattern){0, (uint32_t)strlen(shapes[s].prefix),
-							       (uint32_t)s, K_SHAPE};
+			r->pats[r->npats++] = (struct pattern){.len = (uint32_t)strlen(shapes[s].prefix),
+							       .label = (uint32_t)s, .kind = K_SHAPE};
 		}
 		r->shapes = 0; /* added; a rebuild must not add them twice */
 	}
@@ -293,6 +294,12 @@ static int build(fdr_redactor *r)
 	for (size_t i = 0; i < r->npats; i++) {
 		const uint8_t *b = pattern_bytes(r, &r->pats[i]);
 		unsigned key = b[0] | (unsigned)b[1] << 8;
+		uint32_t hn = r->pats[i].len < 4 ? r->pats[i].len : 4;
+		r->pats[i].head = 0;
+		memcpy(&r->pats[i].head, b, hn);
+		uint8_t m[4] = {0};
+		memset(m, 0xff, hn);
+		memcpy(&r->pats[i].mask, m, 4); /* in memory order, like head and the input */
 		r->bucket[key + 1]++;
 		r->bigram[key >> 6] |= (uint64_t)1 << (key & 63);
 		r->first[b[0]] = 1;
@@ -416,9 +423,15 @@ static int match_at(const fdr_redactor *r, const uint8_t *buf, size_t len, size_
 {
 	unsigned key = buf[i] | (unsigned)buf[i + 1] << 8;
 	int found = 0;
+	uint32_t w = 0;
+	int whole = len - i >= 4;
+	if (whole)
+		memcpy(&w, buf + i, 4);
 	for (uint32_t k = r->bucket[key]; k < r->bucket[key + 1]; k++) {
 		uint32_t pi = r->cand[k];
 		const struct pattern *p = &r->pats[pi];
+		if (whole && (w & p->mask) != p->head)
+			continue; /* most false hits ("ask" for "sk-...") end here */
 		struct hit h = {0, 0, pi, 0};
 		int st;
 		if (p->kind == K_LITERAL) {
@@ -667,15 +680,20 @@ typedef struct {
 	fdr_redact_stream *s;
 } lstream; /* user value 1: the Redactor userdata */
 
+/* Output of one call. While everything emitted is the caller's input, in order from its
+ * start, nothing is copied: unchanged text (the common case) comes back as the very
+ * string that went in. */
 struct obuf {
 	char *p;
 	size_t n, cap;
 	int oom;
+	const char *src; /* the input, or NULL */
+	size_t direct;   /* bytes of src passed through so far, not yet copied */
+	int copying;
 };
 
-static void obuf_emit(void *ud, const char *p, size_t n)
+static void obuf_append(struct obuf *o, const char *p, size_t n)
 {
-	struct obuf *o = ud;
 	if (o->oom)
 		return;
 	if (o->n + n > o->cap) {
@@ -694,14 +712,41 @@ static void obuf_emit(void *ud, const char *p, size_t n)
 	o->n += n;
 }
 
-/* Push the output (or raise on out of memory); frees the buffer. */
-static int obuf_push(lua_State *L, struct obuf *o, long count)
+static void obuf_emit(void *ud, const char *p, size_t n)
+{
+	struct obuf *o = ud;
+	if (!o->copying) {
+		if (o->src && p == o->src + o->direct) {
+			o->direct += n;
+			return;
+		}
+		o->copying = 1;
+		if (o->direct) {
+			o->cap = o->direct + n + 64;
+			if (!(o->p = malloc(o->cap))) {
+				o->oom = 1;
+				return;
+			}
+			obuf_append(o, o->src, o->direct);
+		}
+	}
+	obuf_append(o, p, n);
+}
+
+/* Push the output (or raise on out of memory); frees the buffer. `in` is the stack index
+ * of the input string (0: none). */
+static int obuf_push(lua_State *L, struct obuf *o, long count, int in, size_t inlen)
 {
 	if (o->oom || count < 0) {
 		free(o->p);
 		return luaL_error(L, "redact: out of memory");
 	}
-	lua_pushlstring(L, o->p ? o->p : "", o->n);
+	if (!o->copying && in && o->direct == inlen)
+		lua_pushvalue(L, in);
+	else if (!o->copying)
+		lua_pushlstring(L, o->src ? o->src : "", o->direct);
+	else
+		lua_pushlstring(L, o->p, o->n);
 	free(o->p);
 	lua_pushinteger(L, count);
 	return 2;
@@ -793,12 +838,9 @@ static int r_apply(lua_State *L)
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
 	struct obuf o = {0};
-	o.cap = len + 64;
-	o.p = malloc(o.cap);
-	if (!o.p)
-		return luaL_error(L, "redact: out of memory");
+	o.src = s;
 	long count = fdr_redact(lr->r, s, len, obuf_emit, &o);
-	return obuf_push(L, &o, count);
+	return obuf_push(L, &o, count, 2, len);
 }
 
 /* r:stream() -> Stream */
@@ -867,8 +909,9 @@ static int s_push(lua_State *L)
 	size_t len;
 	const char *s = luaL_checklstring(L, 2, &len);
 	struct obuf o = {0};
+	o.src = s;
 	long count = fdr_redact_stream_push(ls->s, s, len, obuf_emit, &o);
-	return obuf_push(L, &o, count);
+	return obuf_push(L, &o, count, 2, len);
 }
 
 static int s_finish(lua_State *L)
@@ -876,7 +919,7 @@ static int s_finish(lua_State *L)
 	lstream *ls = check_stream(L);
 	struct obuf o = {0};
 	long count = fdr_redact_stream_finish(ls->s, obuf_emit, &o);
-	return obuf_push(L, &o, count);
+	return obuf_push(L, &o, count, 0, 0);
 }
 
 static int s_flush(lua_State *L)
@@ -884,7 +927,7 @@ static int s_flush(lua_State *L)
 	lstream *ls = check_stream(L);
 	struct obuf o = {0};
 	long count = fdr_redact_stream_flush(ls->s, obuf_emit, &o);
-	return obuf_push(L, &o, count);
+	return obuf_push(L, &o, count, 0, 0);
 }
 
 static int s_pending(lua_State *L)
