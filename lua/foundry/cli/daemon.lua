@@ -85,7 +85,7 @@ function actions.run()
 end
 
 return {
-  summary = "Start, stop or inspect the daemon (proxy, hooks, console)",
+  summary = "Start, stop or inspect the daemon (the proxy and the hooks)",
   usage = "foundry daemon [status|start|stop|restart|run] [--json]",
   description = [[
 The daemon is one long-lived process per user and host: it holds every sandbox's proxy
