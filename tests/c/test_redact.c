@@ -268,7 +268,7 @@ static void test_random_streams_match_apply(void)
 		/* some secrets share prefixes, some contain others */
 		if (i % 7 == 3)
 			memcpy(secrets[i], secrets[i - 1], 5);
-		char name[16];
+		char name[32];
 		snprintf(name, sizeof name, "S%d", i);
 		fdr_redactor_add(r, name, secrets[i], strlen(secrets[i]));
 	}
@@ -319,7 +319,7 @@ static void test_many_secrets_grow(void)
 	char v[128];
 	for (int i = 0; i < 300; i++) {
 		snprintf(v, sizeof v, "secret-number-%04d-%0100d", i, i);
-		char name[16];
+		char name[32];
 		snprintf(name, sizeof name, "N%d", i);
 		CHECK_EQ_INT(fdr_redactor_add(r, name, v, strlen(v)), 0);
 	}

@@ -436,7 +436,7 @@ static void test_concurrent_writers(void)
 			fdr_vault_error err;
 			if (fdr_vault_unlock(&v, path, &pass, &err))
 				_exit(2);
-			char name[16], val[32];
+			char name[32], val[48];
 			for (int k = 0; k < 5; k++) {
 				snprintf(name, sizeof name, "w%d-%d", i, k);
 				snprintf(val, sizeof val, "value-%d-%d", i, k);
