@@ -12,7 +12,7 @@ RE_LUA    ?= /usr/share/lua/5.4/re.lua
 OPT     ?= -O2
 ASAN_SUITES ?= c lua
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers -D_GNU_SOURCE \
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -D_GNU_SOURCE \
            -fPIC -Iruntime -Iproxy -I$(BUILD) $(shell $(PKG) --cflags $(PKGS) libgit2 lua5.4-luv 2>/dev/null)
 LDLIBS  += $(LUASTATIC) $(shell $(PKG) --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm -lpthread -ldl
 
@@ -118,7 +118,7 @@ image: all
 	@bash tests/image/build.sh
 
 lint:
-	luacheck --no-color -q lua presets policies tests/spec
+	luacheck --no-color -q lua presets policies tests/spec tests/integration
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/foundry $(DESTDIR)$(PREFIX)/lib/foundry

@@ -189,7 +189,10 @@ local function collect(path, env_extra)
   env.before_all = function(fn) table.insert(cur.before_all, fn) end
   env.after_all = function(fn) table.insert(cur.after_all, fn) end
   env.expect = M.expect
-  env.skip = function(reason) error(setmetatable({ reason = reason }, { __index = SKIP, __tostring = function() return "skip: " .. tostring(reason) end }), 0) end
+  env.skip = function(reason)
+    local mt = { __index = SKIP, __tostring = function() return "skip: " .. tostring(reason) end }
+    error(setmetatable({ reason = reason }, mt), 0)
+  end
   for k, v in pairs(env_extra or {}) do env[k] = v end
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
