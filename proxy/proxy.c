@@ -714,6 +714,7 @@ struct engine {
 	sandbox *sandboxes;
 	int closed;
 	int refs;            /* the host (until shutdown) and each sandbox */
+	struct engine_ud *ud; /* the Lua userdata while it lives */
 	uint64_t requests, denied, tunnels, inspected, conns_total;
 	int nconns;
 };
@@ -3030,7 +3031,7 @@ static void sandbox_remove(engine *e, sandbox *sb)
 
 /* ------------------------------------------------------------------ the Lua API */
 
-typedef struct {
+typedef struct engine_ud {
 	engine *e;
 } engine_ud;
 
@@ -3066,6 +3067,8 @@ static void engine_shutdown(engine *e)
 
 static void engine_free(engine *e)
 {
+	if (e->ud)
+		e->ud->e = NULL;
 	SSL_CTX_free(e->client_ctx);
 	px_ca_free(e->ca);
 	free(e);
@@ -3109,6 +3112,7 @@ static int l_engine(lua_State *L)
 	engine *e = calloc(1, sizeof *e);
 	engine_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
 	u->e = e;
+	e->ud = u;
 	luaL_setmetatable(L, ENGINE_MT);
 	fdr_host *h = fdr_host_of(L);
 	e->host = h;
@@ -3299,6 +3303,16 @@ static int e_close(lua_State *L)
 	return 0;
 }
 
+static int e_gc(lua_State *L)
+{
+	engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
+	e_close(L);
+	if (u->e)
+		u->e->ud = NULL;
+	u->e = NULL;
+	return 0;
+}
+
 static int e_tostring(lua_State *L)
 {
 	engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
@@ -3426,7 +3440,7 @@ int luaopen_foundry_proxy(lua_State *L)
 	if (luaL_newmetatable(L, ENGINE_MT)) {
 		luaL_newlib(L, methods);
 		lua_setfield(L, -2, "__index");
-		lua_pushcfunction(L, e_close);
+		lua_pushcfunction(L, e_gc);
 		lua_setfield(L, -2, "__gc");
 		lua_pushcfunction(L, e_close);
 		lua_setfield(L, -2, "__close");
