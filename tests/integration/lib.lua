@@ -116,7 +116,9 @@ function L.no_traces(keep)
 end
 
 --- Run `script` (sh) on a fresh pseudo-terminal, feeding it `steps`: a list of
---- {expect=pattern, send=bytes, resize={rows, cols}}; returns everything it printed.
+--- {resize={rows, cols}, send=bytes, sleep=s, expect=regex} done in that order; the
+--- program must end within 10 s after the last step. Returns foundry.exec's result
+--- (ok=false when a pattern was not seen or the program did not end).
 L.PTY = [==[
 import os, pty, sys, time, json, re, fcntl, termios, struct, select
 steps = json.loads(sys.argv[2])
@@ -142,26 +144,40 @@ def read_until(pat, timeout):
     return pat is None
 ok = True
 for s in steps:
-    if "expect" in s and not read_until(s["expect"], s.get("timeout", 20)):
-        ok = False
-        sys.stderr.write("did not see %r\n" % s["expect"])
-        break
     if "resize" in s:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", s["resize"][0], s["resize"][1], 0, 0))
     if "send" in s:
         os.write(fd, s["send"].encode())
     if "sleep" in s:
         time.sleep(s["sleep"])
-read_until(None, 3)
-while True:
-    try:
+    if "expect" in s and not read_until(s["expect"], s.get("timeout", 20)):
+        ok = False
+        sys.stderr.write("did not see %r\n" % s["expect"])
+        break
+end = time.time() + 10
+status = None
+while time.time() < end:
+    read_until(None, 0.2)
+    p, st = os.waitpid(pid, os.WNOHANG)
+    if p:
+        status = st
+        break
+if status is None:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    sys.stderr.write("the program did not end\n")
+    ok = False
+try:
+    while True:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if not r:
+            break
         d = os.read(fd, 65536)
-    except OSError:
-        break
-    if not d:
-        break
-    out += d
-_, status = os.waitpid(pid, 0)
+        if not d:
+            break
+        out += d
+except OSError:
+    pass
 sys.stdout.buffer.write(out)
 sys.exit(0 if ok else 1)
 ]==]
