@@ -1740,6 +1740,9 @@ static void job_work(void *data)
 	case OP_REKEY: j->rc = fdr_vault_rekey(j->work, &s, &j->kdf, &j->err); break;
 	}
 	how_free(&j->how);
+	/* Free the random generator and error state OpenSSL keeps for this pool thread: the
+	 * pool's threads outlive everything, so it would otherwise be lost at exit. */
+	OPENSSL_thread_stop();
 }
 
 static void job_after(fdr_wait *w, void *data)

@@ -241,7 +241,9 @@ describe("vault API", function()
     stop = true
     ticker:join()
     expect(ms):gt(20)
-    expect(ticks):ge(math.floor(ms / 5 / 4)) -- the loop kept turning while scrypt ran
+    -- the loop kept turning while scrypt ran (on the loop itself it would not turn at all;
+    -- valgrind runs one thread at a time, so only a few turns are sure)
+    expect(ticks):ge(3)
   end)
 
   it("refuses damaged and exposed files, naming the problem", function()
