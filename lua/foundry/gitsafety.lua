@@ -49,6 +49,43 @@ M.DEFAULTS = {
   read_other_repos = true,
 }
 
+local RULE_TYPES = { protected = "list", allow = "list", read = "list", tags = "boolean", restricted = "list",
+                     warn = "list", max_bytes = "integer", read_other_repos = "boolean" }
+
+--- Check a policy's `git` table (overrides of DEFAULTS); raises `policy.invalid` naming
+--- the key path.
+function M.validate(rules, where)
+  where = where or "git"
+  local util = require "foundry.util"
+  if type(rules) ~= "table" then
+    errors.raise("policy.invalid", where .. ": expected a table, got " .. type(rules))
+  end
+  for k, v in pairs(rules) do
+    local t = RULE_TYPES[k]
+    if not t then
+      local near = type(k) == "string" and util.did_you_mean(k, util.keys(RULE_TYPES))
+      errors.raise("policy.invalid", where .. "." .. tostring(k) .. ": unknown rule" ..
+        (near and (" — did you mean '" .. near .. "'?") or ""), "see docs/policies.md \"Git and GitHub rules\"")
+    end
+    local ok
+    if t == "list" then
+      ok = type(v) == "table"
+      for i, x in pairs(ok and v or {}) do
+        if math.type(i) ~= "integer" or type(x) ~= "string" or x == "" then ok = false end
+      end
+    elseif t == "integer" then
+      ok = math.type(v) == "integer" and v >= 0
+    else
+      ok = type(v) == t
+    end
+    if not ok then
+      errors.raise("policy.invalid", where .. "." .. k .. ": expected " .. (t == "list" and "a list of strings" or
+        t == "integer" and "a non-negative integer" or "a boolean") .. ", got " .. type(v))
+    end
+  end
+  return rules
+end
+
 local function is_zero(id) return type(id) == "string" and id:match("^0+$") ~= nil end
 M.is_zero = is_zero
 
@@ -528,13 +565,7 @@ function M.guard(ctx)
   if type(ctx) ~= "table" then error("gitsafety.guard: expected a table", 2) end
   if type(ctx.branch) ~= "string" or ctx.branch == "" then error("gitsafety.guard: branch: expected string", 2) end
   local rules = setmetatable({}, { __index = M.DEFAULTS })
-  for k, v in pairs(ctx.rules or {}) do
-    if M.DEFAULTS[k] == nil then
-      local near = require("foundry.util").did_you_mean(k, require("foundry.util").keys(M.DEFAULTS))
-      error("gitsafety.guard: rules." .. k .. ": unknown rule" .. (near and (" (did you mean '" .. near .. "'?)") or ""), 2)
-    end
-    rules[k] = v
-  end
+  for k, v in pairs(M.validate(ctx.rules or {}, "git")) do rules[k] = v end
   local repos = {}
   for _, r in ipairs(ctx.repos or {}) do
     repos[M.repo_of_url(r) or (r:lower():gsub("%.git$", ""))] = true

@@ -72,6 +72,9 @@ local SCHEMA = record({
     breaker_cooldown = "integer",
   }),
   on_request = one_of("function", "string"),
+  -- git smart-HTTP rules and GitHub API rules (foundry.gitsafety, foundry.github)
+  git = "table",
+  github = "table",
 })
 
 M.KEYS = util.keys(SCHEMA.record)
@@ -229,6 +232,8 @@ end
 function M.normalize(p, where)
   where = where or "policy"
   check(p, SCHEMA, {}, where)
+  if p.git then require("foundry.gitsafety").validate(p.git, where .. ": git") end
+  if p.github then require("foundry.github").compile(p.github, where .. ": github") end
   local out = {
     mode = p.mode or "allowlist", allow = {}, deny = {}, inspect = {}, addresses = {},
     rules = {}, credentials = {}, gateways = {}, overrides = {}, limits = util.copy(p.limits or {}),
