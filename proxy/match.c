@@ -218,25 +218,76 @@ size_t px_matcher_bytes(const px_matcher *m)
 	return m->bytes;
 }
 
-int px_glob_match(const char *p, const char *s, size_t n)
+/* An NFA simulation over the pattern's positions: time O(path x pattern), whatever the
+ * stars, so a path chosen by a sandbox cannot make matching slow. */
+enum { G_LIT, G_ONE, G_STAR, G_DSTAR };
+#define GLOB_MAX 512
+
+static void closure(const unsigned char *kind, int nt, unsigned char *set)
 {
-	/* Backtracking over the stars; policies validate patterns to a few stars. */
-	size_t i = 0;
-	while (*p) {
-		if (*p == '*') {
-			int any = p[1] == '*';
-			const char *q = p + (any ? 2 : 1);
-			for (size_t k = i;; k++) {
-				if (px_glob_match(q, s + k, n - k))
-					return 1;
-				if (k == n || (!any && s[k] == '/'))
-					return 0;
+	for (int i = 0; i < nt; i++)
+		if (set[i] && (kind[i] == G_STAR || kind[i] == G_DSTAR))
+			set[i + 1] = 1;
+}
+
+int px_glob_match(const char *pat, const char *s, size_t n)
+{
+	unsigned char kind[GLOB_MAX], lit[GLOB_MAX];
+	int nt = 0;
+	for (const char *p = pat; *p; p++) {
+		if (nt == GLOB_MAX)
+			return 0;
+		if (p[0] == '*' && p[1] == '*') {
+			kind[nt] = G_DSTAR;
+			p++;
+			while (p[1] == '*')
+				p++;
+		} else if (*p == '*') {
+			kind[nt] = G_STAR;
+		} else if (*p == '?') {
+			kind[nt] = G_ONE;
+		} else {
+			kind[nt] = G_LIT;
+			lit[nt] = (unsigned char)*p;
+		}
+		nt++;
+	}
+	unsigned char a[GLOB_MAX + 1], b[GLOB_MAX + 1];
+	unsigned char *cur = a, *next = b;
+	memset(cur, 0, (size_t)nt + 1);
+	cur[0] = 1;
+	closure(kind, nt, cur);
+	for (size_t k = 0; k < n; k++) {
+		unsigned char ch = (unsigned char)s[k];
+		int any = 0;
+		memset(next, 0, (size_t)nt + 1);
+		for (int i = 0; i < nt; i++) {
+			if (!cur[i])
+				continue;
+			switch (kind[i]) {
+			case G_LIT:
+				if (lit[i] == ch)
+					next[i + 1] = any = 1;
+				break;
+			case G_ONE:
+				if (ch != '/')
+					next[i + 1] = any = 1;
+				break;
+			case G_STAR:
+				if (ch != '/')
+					next[i] = any = 1;
+				break;
+			case G_DSTAR:
+				next[i] = any = 1;
+				break;
 			}
 		}
-		if (i == n || (*p == '?' ? s[i] == '/' : *p != s[i]))
+		if (!any)
 			return 0;
-		p++;
-		i++;
+		closure(kind, nt, next);
+		unsigned char *t = cur;
+		cur = next;
+		next = t;
 	}
-	return i == n;
+	return cur[nt];
 }

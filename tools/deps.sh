@@ -9,6 +9,7 @@ pkgs=(
   git curl ca-certificates python3 openssl
   docker.io debootstrap iproute2 procps valgrind lua-check
   socat  # bench/shim.sh: the reference bridge the shim is measured against
+  clang  # tests/fuzz/run_proxy.sh: libFuzzer targets for the proxy's parsers
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -92,6 +92,23 @@ static void test_globs(void)
 	CHECK(px_glob_match("*", "", 0));
 	CHECK(!px_glob_match("/a", "/ab", 3));
 	CHECK(px_glob_match("/**/x/*.git", "/a/b/x/r.git", 12));
+	CHECK(px_glob_match("/a/**", "/a/", 3));
+	CHECK(!px_glob_match("/a/*", "/a/b/c", 6));
+}
+
+/* A path chosen by the sandbox must not make matching slow (found by fuzz_addr: the first
+ * matcher backtracked over every star). */
+static void test_glob_linear(void)
+{
+	enum { N = 60000 };
+	static char path[N];
+	memset(path, 'a', N);
+	double t0 = now_ns();
+	CHECK(!px_glob_match("/**a**a**a**a**a**a**b", path, N));
+	CHECK(!px_glob_match("*a*a*a*a*a*a*a*a*b", path, N));
+	double ms = (now_ns() - t0) / 1e6;
+	printf("glob: pathological 60 kB path in %.1f ms\n", ms);
+	CHECK(ms < 200);
 }
 
 int main(void)
@@ -100,5 +117,6 @@ int main(void)
 	RUN(test_lowest_value_wins);
 	RUN(test_thousand_rules_fast);
 	RUN(test_globs);
+	RUN(test_glob_linear);
 	return ctest_done();
 }
