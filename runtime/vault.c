@@ -1507,17 +1507,18 @@ static void tty_restore_and_die(int sig)
 static long tty_read(const char *prompt, uint8_t **out, fdr_vault_error *err)
 {
 	int fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
-	if (fd < 0)
-		return fail(err, FDR_VAULT_ELOCKED, "no terminal to ask for the secret on"), -1;
 	struct termios t;
-	if (tcgetattr(fd, &tty_saved) != 0) {
-		close(fd);
-		return fail(err, FDR_VAULT_ELOCKED, "no terminal to ask for the secret on"), -1;
+	if (fd < 0 || tcgetattr(fd, &tty_saved) != 0) {
+		if (fd >= 0)
+			close(fd);
+		fail(err, FDR_VAULT_ELOCKED, "no terminal to ask for the secret on");
+		return -1;
 	}
 	uint8_t *buf = fdr_secure_alloc(PASS_MAX + 1);
 	if (!buf) {
 		close(fd);
-		return fail(err, FDR_VAULT_ENOMEM, "out of memory"), -1;
+		fail(err, FDR_VAULT_ENOMEM, "out of memory");
+		return -1;
 	}
 	tty_fd = fd;
 	struct sigaction sa;
@@ -1563,7 +1564,8 @@ static long tty_read(const char *prompt, uint8_t **out, fdr_vault_error *err)
 		buf[i] = 0;
 	if (eof && n == 0) {
 		fdr_secure_free(buf);
-		return fail(err, FDR_VAULT_ELOCKED, "no input on the terminal"), -1;
+		fail(err, FDR_VAULT_ELOCKED, "no input on the terminal");
+		return -1;
 	}
 	*out = buf;
 	return (long)n;

@@ -124,7 +124,15 @@ function Vault:unlock(opts)
 end
 
 local function handle(self)
-  if not self:unlocked() then self:unlock() end
+  if not self:unlocked() then
+    -- Unlocking waits for scrypt on the thread pool: only a task can wait.
+    local task = require("foundry._task")
+    if not task.current() or not coroutine.isyieldable() then
+      errors.raise("vault.locked", "the vault " .. self.path .. " is locked",
+        "unlock it first, from a task: vault.default():unlock()")
+    end
+    self:unlock()
+  end
   return self._h
 end
 
