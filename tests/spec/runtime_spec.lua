@@ -198,3 +198,28 @@ describe("json", function()
     expect(foundry.json.encode(v)):equals('{"cpus":2,"list":[1,2.5,3],"ratio":0.5}')
   end)
 end)
+
+describe("the CLI's errors", function()
+  local bin = (require("luv").exepath() or "build/foundry"):gsub(" %(deleted%)$", "")
+  it("redact secrets in error messages, plain and --json", function()
+    local r = foundry.exec { bin, "eval", 'error("token ghp_abcdefghijklmnopqrstuvwxyz0123456789AB")' }
+    expect(r.status):equals(1)
+    expect(r.stderr):contains("[REDACTED:")
+    expect(r.stderr).never:contains("ghp_abcdefghijklmnopqrstuvwxyz0123456789AB")
+    r = foundry.exec { bin, "eval", "--json", 'foundry.raise("x", "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789")' }
+    expect(foundry.json.decode(r.stdout).error.message):matches("REDACTED")
+  end)
+
+  it("map codes to exit statuses and print FILE:LINE", function()
+    local r = foundry.exec { bin, "eval", "x(" }
+    expect(r.status):equals(1)
+    expect(r.stderr):matches("^foundry: %(eval%):1: ")
+    r = foundry.exec { bin, "nosuchcommand" }
+    expect(r.status):equals(2)
+    r = foundry.exec { bin, "eval", 'foundry.raise("thing.not_found", "gone", "make it")' }
+    expect(r.status):equals(3)
+    expect(r.stderr):equals("foundry: gone\n  hint: make it\n")
+    r = foundry.exec { bin, "--debug", "eval", "error('deep')" }
+    expect(r.stderr):contains("stack traceback")
+  end)
+end)

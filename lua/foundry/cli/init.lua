@@ -20,6 +20,12 @@ local function exit_code(err)
 end
 
 local function print_error(err, json_mode, traceback)
+  -- no secret reaches a terminal or a log through an error message
+  local rok, redact = pcall(require, "foundry.redact")
+  if rok then
+    err = redact.error(err)
+    if traceback then traceback = redact.text(traceback) end
+  end
   local msg, hint, code
   if errors.is(err) then
     msg, hint, code = err.message or err.code, err.hint, err.code
