@@ -586,6 +586,45 @@ describe("images", function()
   end)
 end)
 
+describe("foundry image", function()
+  local function foundry_cli(...)
+    return foundry.exec{ self_exe(), ... }
+  end
+
+  it("builds a directory, lists and removes the image", { timeout = 120000 }, function()
+    local dir = foundry.fs.mkdtemp("/tmp/foundry-docker-ctx-XXXXXX")
+    foundry.fs.write(dir .. "/Dockerfile", "ARG BASE\nFROM ${BASE}\nCOPY note /note\nLABEL dev.foundry.test=1\n")
+    foundry.fs.write(dir .. "/note", "from the cli\n")
+    local name = "foundry-test:cli-" .. S.tag
+    local r = foundry_cli("image", "build", dir, "-t", name, "--base", IMAGE, "--network", "none", "--json")
+    expect(r.status):equals(0)
+    local last = r.stdout:match("([^\n]+)\n$")
+    local res = require("foundry.json").decode(last)
+    expect(res.image):equals(name)
+    expect(res.id):matches("^sha256:")
+    r = foundry_cli("image", "ls", "--json")
+    expect(r.status):equals(0)
+    local found
+    for _, im in ipairs(require("foundry.json").decode(r.stdout)) do
+      for _, t in ipairs(im.tags) do if t == name then found = im end end
+    end
+    expect(found.kind):equals("built")
+    local c = S:create{ image = name, cmd = { "true" } }
+    expect(docker.untar((c:get_archive("/note")))[1].data):equals("from the cli\n")
+    c:remove()
+    r = foundry_cli("image", "rm", name)
+    expect(r.status):equals(0)
+    expect(docker.image_exists(name)):is(false)
+    r = foundry_cli("image", "rm", name)
+    expect(r.status):equals(3) -- not found
+    expect(r.stderr):contains("no such image")
+    r = foundry_cli("image", "bild")
+    expect(r.status):equals(2)
+    expect(r.stderr):contains("did you mean 'build'")
+    foundry.fs.rm(dir)
+  end)
+end)
+
 describe("events", function()
   it("streams events filtered by label", function()
     local tag = "events-" .. S.tag

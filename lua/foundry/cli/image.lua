@@ -8,6 +8,9 @@ local uv = require "luv"
 local DEFAULT_PACKAGES = { "bash", "coreutils", "git", "curl", "ca-certificates", "tmux", "procps",
   "iproute2", "python3", "less", "openssh-client" }
 
+--- The image `bootstrap` makes by default: the base the sandbox image is built on.
+local BASE_IMAGE = "foundry/base:bookworm"
+
 local function default_image()
   local ok, sandbox = pcall(require, "foundry.sandbox")
   if ok and type(sandbox) == "table" and sandbox.default_image then return sandbox.default_image() end
@@ -148,6 +151,29 @@ local function bootstrap(opts, name)
   return 0
 end
 
+-- The directory of the default sandbox image's Dockerfile (presets/images in the source
+-- tree): $FOUNDRY_IMAGES_DIR, else next to the binary (build/ or bin/ in PREFIX), else
+-- next to FOUNDRY_LUA_PATH.
+local function default_context()
+  local fs = require "foundry.fs"
+  local candidates = {}
+  local env = os.getenv("FOUNDRY_IMAGES_DIR")
+  if env and env ~= "" then candidates[#candidates + 1] = env end
+  local exe = (uv.exepath() or ""):gsub(" %(deleted%)$", "")
+  local bindir = exe:match("^(.*)/[^/]+$")
+  if bindir then
+    candidates[#candidates + 1] = bindir .. "/../presets/images"
+    candidates[#candidates + 1] = bindir .. "/../share/foundry/images"
+  end
+  local lua = os.getenv("FOUNDRY_LUA_PATH")
+  if lua and lua ~= "" then candidates[#candidates + 1] = lua .. "/../presets/images" end
+  for _, dir in ipairs(candidates) do
+    if fs.exists(dir .. "/Dockerfile") then return dir end
+  end
+  errors.raise("image.no_dockerfile", "cannot find the sandbox image's Dockerfile (presets/images/Dockerfile)",
+    "set FOUNDRY_IMAGES_DIR to its directory, or build another: foundry image build DIR -t NAME")
+end
+
 -- A context tarball of `dir` (a temporary file; caller removes it).
 local function context_tar(dir)
   local fs = require "foundry.fs"
@@ -166,18 +192,30 @@ end
 local sub = {}
 
 function sub.bootstrap(opts, args)
-  return bootstrap(opts, args[2] or opts.tag or default_image())
+  return bootstrap(opts, args[2] or opts.tag or BASE_IMAGE)
 end
 
 function sub.build(opts, args)
   local dir = args[2]
-  if not dir then
-    -- the default sandbox image: bootstrapped, nothing to pull
-    return bootstrap(opts, opts.tag or default_image())
-  end
   local t0 = now()
-  local path, tmp = context_tar(dir)
   local buildargs
+  if not dir then
+    -- the default sandbox image, from presets/images on a bootstrapped base: nothing is
+    -- pulled (its RUN steps reach Debian's archive and the npm registry)
+    dir = default_context()
+    local base = opts.base or BASE_IMAGE
+    if not docker.image_exists(base) then
+      if opts.base then errors.raise("image.not_found", "no such base image: " .. base,
+        "make it: sudo foundry image bootstrap " .. base) end
+      bootstrap({ quiet = opts.quiet, json = false, packages = opts.packages, suite = opts.suite,
+        mirror = opts.mirror }, base)
+    end
+    buildargs = { BASE = base }
+    opts.tag = opts.tag or default_image()
+  elseif opts.base then
+    buildargs = { BASE = opts.base }
+  end
+  local path, tmp = context_tar(dir)
   for _, kv in ipairs(opts["build-arg"] or {}) do
     local k, v = kv:match("^([^=]+)=(.*)$")
     if not k then errors.raise("usage", "--build-arg: expected NAME=VALUE, got '" .. kv .. "'") end
@@ -252,7 +290,7 @@ end
 
 return {
   summary = "Make and manage sandbox images: bootstrap, build, ls, rm",
-  usage = "foundry image bootstrap [NAME] | build [DIR] [-t NAME] | ls [--all] | rm NAME... [--json]",
+  usage = "foundry image bootstrap [NAME] | build [DIR] [-t NAME] [--base IMAGE] | ls [--all] | rm NAME... [--json]",
   description = [[
 Images are made locally: nothing is pulled from a registry.
 
@@ -260,13 +298,17 @@ Images are made locally: nothing is pulled from a registry.
                      with bash, coreutils, git, curl, ca-certificates, tmux, procps,
                      iproute2, python3, less, openssh-client (add more with --packages) and
                      the user 'agent' (uid 1000, home /home/agent), imported as NAME
-                     (default: the sandbox image, $FOUNDRY_IMAGE or foundry/sandbox:latest).
+                     (default foundry/base:bookworm).
                      Does nothing when NAME exists (unless --force); the root filesystem is
                      cached under the cache directory, so a rebuild takes seconds. The apt
                      mirror is the one /etc/apt/sources.list{,.d/*} names, or --mirror.
-  build [DIR]        without DIR: the default sandbox image, as bootstrap. With DIR: build
-                     its Dockerfile (-f another) with the engine, progress streamed; -t names
-                     the result. FROM must name a local image (e.g. one bootstrap made).
+  build [DIR]        without DIR: the default sandbox image ($FOUNDRY_IMAGE, else
+                     foundry/sandbox:latest) from presets/images/Dockerfile on --base
+                     (default foundry/base:bookworm, bootstrapped first when missing); its
+                     RUN steps fetch from Debian's archive and the npm registry. With DIR:
+                     build DIR's Dockerfile (-f another), progress streamed; -t names the
+                     result; --base sets the BASE build argument. FROM must name a local
+                     image (nothing can be pulled).
   ls                 Foundry's images (labelled dev.foundry.image); --all for every image
   rm NAME...         remove images (--force even when containers use them)]],
   flags = {
@@ -275,6 +317,7 @@ Images are made locally: nothing is pulled from a registry.
     { "file", short = "f", type = "string", arg = "PATH", help = "build: the Dockerfile, relative to DIR" },
     { "build-arg", type = "list", arg = "NAME=VALUE", help = "build: a build argument (repeatable)" },
     { "no-cache", help = "build: do not use the engine's layer cache" },
+    { "base", type = "string", arg = "IMAGE", help = "build: the BASE build argument (default " .. BASE_IMAGE .. ")" },
     { "network", type = "string", arg = "MODE", help = "build: network for RUN steps (e.g. none)" },
     { "force", help = "bootstrap: rebuild even when the image exists; rm: remove even when in use" },
     { "suite", type = "string", arg = "SUITE", help = "bootstrap: the Debian suite (default bookworm)" },
@@ -287,6 +330,7 @@ Images are made locally: nothing is pulled from a registry.
   order = 60,
   examples = {
     "sudo foundry image bootstrap",
+    "sudo foundry image build",
     "sudo foundry image bootstrap foundry-test:base",
     "foundry image build ./my-image -t my/agent:1",
     "foundry image ls",
