@@ -124,6 +124,8 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/foundry $(DESTDIR)$(PREFIX)/lib/foundry
 	install -m 0755 $(BUILD)/foundry $(DESTDIR)$(PREFIX)/bin/foundry
 	install -m 0644 $(PLUGIN_SO) $(DESTDIR)$(PREFIX)/lib/foundry/
+	install -d $(DESTDIR)$(PREFIX)/share/foundry/images
+	cp -R presets/images/. $(DESTDIR)$(PREFIX)/share/foundry/images/
 	$(if $(SHIM_SRC),install -m 0755 $(BUILD)/foundry-shim $(DESTDIR)$(PREFIX)/libexec/foundry/foundry-shim)
 
 clean:
