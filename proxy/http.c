@@ -166,9 +166,17 @@ static int on_field(http_parser *p, const char *at, size_t n)
 	if (h->in_value != 1) {
 		if (head_end(h) < 0) /* the target, reason or previous value */
 			return -1;
-		if (h->nh == PX_MAX_HEADERS) {
-			h->too_big = 1;
-			return -1;
+		if (h->nh == h->hcap) {
+			if (h->hcap == PX_MAX_HEADERS) {
+				h->too_big = 1;
+				return -1;
+			}
+			int cap = h->hcap ? h->hcap * 2 : 16;
+			px_hdr *nhd = realloc(h->h, (size_t)cap * sizeof *nhd);
+			if (!nhd)
+				return -1;
+			h->h = nhd;
+			h->hcap = cap;
 		}
 		px_hdr *hd = &h->h[h->nh++];
 		hd->name = (uint32_t)h->len;
@@ -245,8 +253,11 @@ void px_http_init(px_http *h, enum http_parser_type type, const px_http_cb *cb, 
 void px_http_free(px_http *h)
 {
 	free(h->buf);
+	free(h->h);
 	h->buf = NULL;
+	h->h = NULL;
 	h->cap = h->len = 0;
+	h->nh = h->hcap = 0;
 }
 
 size_t px_http_feed(px_http *h, const char *data, size_t n)

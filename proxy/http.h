@@ -37,8 +37,8 @@ struct px_http {
 	size_t len, cap;
 	uint32_t url, urllen;
 	uint32_t reason, reasonlen;
-	px_hdr h[PX_MAX_HEADERS];
-	int nh;
+	px_hdr *h;               /* grown as needed, up to PX_MAX_HEADERS */
+	int nh, hcap;
 	int in_value;
 	int too_big;
 	int chunked;             /* the current message's body is chunked */

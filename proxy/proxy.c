@@ -921,6 +921,17 @@ static int raw_write(side *s, const void *data, size_t n)
 {
 	if (s->closing || !s->inited || n == 0)
 		return 0;
+	if (s->queued == 0 && uv_stream_get_write_queue_size(&s->u.s) == 0) {
+		/* most writes complete at once: no copy, no request */
+		uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
+		int r = uv_try_write(&s->u.s, &b, 1);
+		if (r == (int)n)
+			return 0;
+		if (r > 0) {
+			data = (const char *)data + r;
+			n -= (size_t)r;
+		}
+	}
 	wreq *w = malloc(sizeof *w + n);
 	if (!w)
 		return -1;
@@ -990,12 +1001,16 @@ static int want_read(side *s)
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
+/* One read buffer for every stream: a read is consumed (copied where it must be kept)
+ * before the loop reads again. */
+static char read_buf[256 * 1024];
+
 static void alloc_cb(uv_handle_t *h, size_t size, uv_buf_t *buf)
 {
 	(void)h;
-	buf->base = malloc(65536);
-	buf->len = buf->base ? 65536 : 0;
 	(void)size;
+	buf->base = read_buf;
+	buf->len = sizeof read_buf;
 }
 
 static void side_start(side *s)
@@ -1204,7 +1219,6 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		else
 			conn_close(c);
 	}
-	free(buf->base);
 	if (!c->closing)
 		update_reading(c);
 	conn_unref(c);

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The proxy benchmark, side by side in one run (docs/performance.md "Proxy"):
+#   1. plain HTTP: direct vs Foundry vs squid (wrk; latency at 1 connection, req/s at 64)
+#   2. HTTPS upstream with a credential swap: Foundry's gateway vs mitmproxy (reverse mode,
+#      a header-swap script), both verifying the upstream
+#   3. CONNECT tunnel throughput vs direct (curl, 1 GB)
+#   4. policy decision time with a 1 000-rule allowlist
+#   5. memory with 100 sandboxes registered and 10 000 idle connections
+# Bench-only Debian packages: wrk, squid, mitmproxy (socat, curl, openssl, python3 from deps).
+#   bench/proxy.sh [SECONDS]   (default 10 per wrk run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+FOUNDRY=${FOUNDRY:-build/foundry}
+for t in wrk squid mitmdump socat curl openssl; do
+  command -v $t >/dev/null || { echo "bench/proxy.sh: needs $t (apt-get install wrk squid mitmproxy socat)" >&2; exit 2; }
+done
+ulimit -n 65536 2>/dev/null || true
+tmp=$(mktemp -d /tmp/foundry-bench-proxy-XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+waitfile() { for _ in $(seq 200); do [ -s "$1" ] && return; sleep 0.05; done; echo "timeout waiting for $1" >&2; exit 1; }
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# certificates for the TLS upstream
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/ca.key" -out "$tmp/ca.crt" \
+  -days 1 -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/srv.key" -out "$tmp/srv.csr" -subj /CN=bench.test 2>/dev/null
+printf 'subjectAltName=DNS:bench.test,IP:127.0.0.1\n' >"$tmp/ext"
+openssl x509 -req -in "$tmp/srv.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" -CAcreateserial -out "$tmp/srv.crt" -days 1 -extfile "$tmp/ext" 2>/dev/null
+cat "$tmp/srv.crt" "$tmp/srv.key" >"$tmp/srv.pem"
+
+# upstreams: plain (a luv server in its own process) and TLS in front of it (socat)
+"$FOUNDRY" run bench/proxy_upstream.lua "$tmp/up.port" & pids+=($!)
+waitfile "$tmp/up.port"; UP=$(cat "$tmp/up.port")
+TLS=$(freeport)
+socat OPENSSL-LISTEN:$TLS,bind=127.0.0.1,fork,reuseaddr,cert="$tmp/srv.pem",verify=0 TCP:127.0.0.1:$UP & pids+=($!)
+
+# Foundry
+"$FOUNDRY" run bench/proxy_server.lua "$tmp/fd.port" "$UP" "$TLS" "$tmp/ca.crt" & pids+=($!)
+waitfile "$tmp/fd.port"; FD=$(cat "$tmp/fd.port")
+
+# squid: a plain forward proxy, no cache, no logs
+SQ=$(freeport)
+cat >"$tmp/squid.conf" <<CONF
+http_port 127.0.0.1:$SQ
+http_access allow all
+cache deny all
+access_log none
+cache_log $tmp/squid-cache.log
+pid_filename $tmp/squid.pid
+coredump_dir $tmp
+cache_mem 8 MB
+forwarded_for delete
+via off
+shutdown_lifetime 0 seconds
+CONF
+squid -N -f "$tmp/squid.conf" & pids+=($!)
+
+# mitmproxy: reverse mode to the TLS upstream, a script swapping the header
+MP=$(freeport)
+cat >"$tmp/swap.py" <<'PY'
+def request(flow):
+    if flow.request.headers.get("authorization") == "Bearer placeholder-0000000000000000":
+        flow.request.headers["authorization"] = "Bearer real-secret-value-0123456789"
+PY
+mitmdump -q --mode "reverse:https://127.0.0.1:$TLS" --listen-host 127.0.0.1 --listen-port "$MP" \
+  --set ssl_verify_upstream_trusted_ca="$tmp/ca.crt" --set confdir="$tmp/mitm" -s "$tmp/swap.py" & pids+=($!)
+
+for p in $SQ $MP; do
+  for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$p/" 2>/dev/null && break; sleep 0.1; done
+done
+
+cat >"$tmp/proxy.lua" <<LUA
+wrk.path = "http://127.0.0.1:$UP/"
+LUA
+cat >"$tmp/swap.lua" <<'LUA'
+wrk.headers["Authorization"] = "Bearer placeholder-0000000000000000"
+LUA
+
+# run NAME URL [wrk args...]: prints "NAME rps p50 p99"
+run() {
+  local name=$1 url=$2; shift 2
+  local out
+  out=$(wrk "$@" --latency "$url")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%-34s %10s req/s   p50 %-9s p99 %s\n' "$name" "$rps" "$p50" "$p99"
+}
+
+echo "== plain HTTP, 1 connection (latency)"
+run "direct" "http://127.0.0.1:$UP/" -t1 -c1 -d"$secs"s
+run "foundry" "http://127.0.0.1:$FD/" -t1 -c1 -d"$secs"s -s "$tmp/proxy.lua"
+run "squid" "http://127.0.0.1:$SQ/" -t1 -c1 -d"$secs"s -s "$tmp/proxy.lua"
+echo "== plain HTTP, 64 connections (throughput)"
+run "direct" "http://127.0.0.1:$UP/" -t2 -c64 -d"$secs"s
+run "foundry" "http://127.0.0.1:$FD/" -t2 -c64 -d"$secs"s -s "$tmp/proxy.lua"
+run "squid" "http://127.0.0.1:$SQ/" -t2 -c64 -d"$secs"s -s "$tmp/proxy.lua"
+echo "== HTTPS upstream with a credential swap, 16 connections"
+run "foundry gateway" "http://127.0.0.1:$FD/_gw/bench/" -t2 -c16 -d"$secs"s -s "$tmp/swap.lua"
+run "mitmproxy + swap script" "http://127.0.0.1:$MP/" -t2 -c16 -d"$secs"s -s "$tmp/swap.lua"
+echo "== CONNECT tunnel, 1 GB"
+N=$((1 << 30))
+d=$(curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$UP/bytes?n=$N")
+t=$(curl -s -o /dev/null -w '%{speed_download}' -p -x "http://127.0.0.1:$FD" "http://127.0.0.1:$UP/bytes?n=$N")
+s=$(curl -s -o /dev/null -w '%{speed_download}' -p -x "http://127.0.0.1:$SQ" "http://127.0.0.1:$UP/bytes?n=$N" || echo 0)
+awk -v d="$d" -v t="$t" -v s="$s" 'BEGIN { printf "direct %.0f MB/s, foundry tunnel %.0f MB/s (%.2fx), squid tunnel %.0f MB/s\n", d/1e6, t/1e6, t/d, s/1e6 }'
+echo "== policy decision, 1 000-rule allowlist"
+"$FOUNDRY" eval '
+local allow, hosts = {}, {}
+for i = 1, 1000 do
+  allow[i] = i % 2 == 0 and ("host" .. i .. ".example.net") or ("*.svc" .. i .. ".example.org")
+  hosts[i] = i % 2 == 0 and ("host" .. i .. ".example.net") or ("a.b.svc" .. i .. ".example.org")
+end
+local p = require("foundry.policy").from_table({ allow = allow, deny = { "x.example.net" } })
+local t = require("foundry.proxy").bench_decide(p.spec, hosts, 100)
+table.sort(t)
+return string.format("%d decisions: p50 %d ns, p99 %d ns", #t, t[#t // 2], t[math.floor(#t * 0.99)])'
+echo "== memory"
+"$FOUNDRY" run bench/proxy_memory.lua 100 10000
