@@ -355,8 +355,9 @@ function Sandbox:sh(script, opts)
 end
 
 --- Write files into the sandbox: `{ [path] = content }` where path starts with "~/" (the
---- home directory) or "/" (a writable place: the workspace, /tmp). One exec for all.
-function Sandbox:write_files(files)
+--- home directory) or "/" (a writable place: the workspace, /tmp). One exec for all;
+--- `then_script` (sh) runs in the same exec afterwards. Returns the exec's result.
+function Sandbox:write_files(files, then_script)
   local entries, dirs = {}, {}
   for _, path in ipairs(util.keys(files)) do
     local content = files[path]
@@ -378,10 +379,14 @@ function Sandbox:write_files(files)
       entries[#entries + 1] = { name = rel, data = tostring(content), mode = tonumber("644", 8), uid = M.UID, gid = M.UID }
     end
   end
-  if #entries == 0 then return end
+  if #entries == 0 then
+    if then_script then return self:sh(then_script, { what = "setup" }) end
+    return
+  end
   -- keep existing directories' modes: create missing ones only
   local tar = docker().tar(entries)
-  self:sh("tar -x --no-overwrite-dir -f - -C /", { stdin = tar, workdir = "/", what = "writing files" })
+  return self:sh("tar -x --no-overwrite-dir -f - -C / && cd " .. util.shell_quote(self:cwd()) .. " 2>/dev/null; " ..
+    (then_script or ":"), { stdin = tar, workdir = "/", what = "writing files" })
 end
 
 --- Stop the container (sessions end; the workspace stays). Idempotent.
@@ -622,25 +627,47 @@ function M.stage_provision(sb, ctx)
   fs.write(run .. "/hook-token", sb.row.hook_token .. "\n", { mode = tonumber("444", 8), fsync = false })
   local impl = M.workspaces()
   ctx.shield(function()
-    local ws = impl.create{ source = sb.repo, name = sb.name, branch = r.branch, from = r.from }
+    local make = impl.prepare or impl.create
+    local ws = make{ source = sb.repo, name = sb.name, branch = r.branch, from = r.from }
     sb._ws = ws
     local wsd = util.copy(sb.data)
     wsd.ws = ws.record and ws:record() or ws
     sb:_update({ data = wsd })
   end)
   local ws = sb._ws
-  for _, m in ipairs(ws.mounts or {}) do
-    if not m.read_only then chown_tree(m.source) end
-  end
   local data = util.copy(sb.data)
   data.env = M.container_env(sb.name, r)
   data.shim = shim
   sb:_update({ workspace = ws.tree or ws.path, branch = ws.branch, base = ws.base, data = data })
   local spec = M.container_spec(sb, r, ws.mounts)
+  -- The files are checked out while the engine makes and starts the container: the bind
+  -- mount shows the directory, whatever is in it by the time the next stage looks.
   ctx.shield(function()
-    local c = d.create(spec)
-    sb:_update({ container_id = c.id })
-    c:start()
+    local task = require "foundry._task"
+    local jobs = {}
+    if impl.prepare and ws.populate then
+      jobs[#jobs + 1] = task.spawn(function()
+        ws:populate()
+        for _, m in ipairs(ws.mounts or {}) do
+          if not m.read_only then chown_tree(m.source) end
+        end
+      end)
+    else
+      for _, m in ipairs(ws.mounts or {}) do
+        if not m.read_only then chown_tree(m.source) end
+      end
+    end
+    jobs[#jobs + 1] = task.spawn(function()
+      local c = d.create(spec)
+      sb:_update({ container_id = c.id })
+      c:start()
+    end)
+    local first
+    for _, t in ipairs(jobs) do
+      local ok, err = pcall(t.join, t)
+      if not ok and first == nil then first = err end
+    end
+    if first ~= nil then error(first, 0) end
   end)
 end
 

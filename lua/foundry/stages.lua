@@ -367,11 +367,10 @@ function M.default()
       run = function(sb, ctx)
         local r = ctx.spec
         local files = home_files(sb, r)
-        sb:write_files(files)
-        local out = sb:sh([[
+        local out = sb:write_files(files, [[
           id -u
           for t in git tmux bash; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo
-        ]], { what = "system setup" }).stdout
+        ]]).stdout
         local uid, tools = out:match("^(%d+)\n([^\n]*)")
         if tonumber(uid) ~= sandbox.UID then
           errors.raise("sandbox.bad_user", "processes run as uid " .. tostring(uid) .. ", not " .. sandbox.UID)

@@ -49,10 +49,12 @@ function WS:record()
            base = self.base, base_commit = self.base_commit, objects = self.objects }
 end
 
---- Create the workspace of sandbox `spec.name` from `spec.source` (a repository path):
+--- Prepare the workspace of sandbox `spec.name` from `spec.source` (a repository path):
 --- branch `spec.branch` (default sandbox/<name>) from `spec.from` (default the
---- repository's current branch; an existing branch of that name is continued).
-function M.create(spec)
+--- repository's current branch; an existing branch of that name is continued). The
+--- directories and `ws.mounts` exist when this returns; `ws:populate()` fetches and checks
+--- out the files (so a container can be made meanwhile).
+function M.prepare(spec)
   local repo = spec.source
   if repo:match("://") or repo:match("^[%w._-]+@") then
     errors.raise("git.unsupported", "remote repositories need foundry.git (not built in): clone it first")
@@ -62,26 +64,40 @@ function M.create(spec)
   local objects = common .. "/objects"
   local path = paths.workspaces() .. "/" .. spec.name
   if fs.exists(path) then errors.raise("git.exists", "a workspace already exists at " .. path, "foundry prune") end
+  local branch = spec.branch or ("sandbox/" .. spec.name)
+  local has_branch = exec{ "git", SAFE[1], SAFE[2], "-C", repo, "rev-parse", "--verify", "-q", "refs/heads/" .. branch }.ok
+  local start = has_branch and branch or spec.from or "HEAD"
+  local r = exec{ "git", SAFE[1], SAFE[2], "-C", repo, "rev-parse", "--verify", "-q", start .. "^{commit}" }
+  if not r.ok then
+    errors.raise("git.not_found", "no commit '" .. start .. "' in " .. repo, "name a branch, tag or commit of that repository")
+  end
+  local base_commit = util.trim(r.stdout)
+  local base = spec.from or git(repo, "rev-parse", "--abbrev-ref", "HEAD")
   paths.ensure(paths.workspaces())
   fs.mkdir(path)
-  local branch = spec.branch or ("sandbox/" .. spec.name)
-  local from = spec.from
   local ok, err = pcall(function()
-    local has_branch = exec{ "git", SAFE[1], SAFE[2], "-C", repo, "rev-parse", "--verify", "-q", "refs/heads/" .. branch }.ok
-    local start = has_branch and branch or from or "HEAD"
-    local base_commit = git(repo, "rev-parse", "--verify", start .. "^{commit}")
-    local tree = path .. "/tree"
-    git(path, "init", "-q", tree)
-    fs.write(tree .. "/.git/objects/info/alternates", objects .. "\n")
-    git(tree, "fetch", "-q", "--no-tags", gitdir, "+" .. base_commit .. ":refs/heads/" .. branch)
-    git(tree, "checkout", "-q", branch)
-    git(tree, "config", "core.sharedRepository", "false")
-    spec._base_commit = base_commit
+    git(path, "init", "-q", "tree")
+    fs.write(path .. "/tree/.git/objects/info/alternates", objects .. "\n", { fsync = false })
   end)
   if not ok then fs.rm(path); error(err, 0) end
-  return from_rec({ name = spec.name, path = path, repo = repo, branch = branch,
-                    base = from or git(repo, "rev-parse", "--abbrev-ref", "HEAD"),
-                    base_commit = spec._base_commit, objects = objects })
+  local ws = from_rec({ name = spec.name, path = path, repo = repo, branch = branch, base = base,
+                        base_commit = base_commit, objects = objects })
+  ws.gitdir = gitdir
+  return ws
+end
+
+--- Fetch the base commit into the workspace and check out the sandbox's branch.
+function WS:populate()
+  git(self.tree, "fetch", "-q", "--no-tags", self.gitdir or self.repo, "+" .. self.base_commit .. ":refs/heads/" .. self.branch)
+  git(self.tree, "checkout", "-q", self.branch)
+end
+
+--- prepare + populate.
+function M.create(spec)
+  local ws = M.prepare(spec)
+  local ok, err = pcall(ws.populate, ws)
+  if not ok then fs.rm(ws.path); error(err, 0) end
+  return ws
 end
 
 --- Reopen a workspace from its record.
