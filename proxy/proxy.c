@@ -709,6 +709,7 @@ struct engine {
 	lua_State *L;
 	uv_loop_t *loop;
 	int audit_ref, event_ref, hook_ref;
+	int guard_want_ref, guard_ref, guard_resp_ref; /* foundry.guards (see "guards" below) */
 	px_ca *ca;
 	SSL_CTX *client_ctx;
 	sandbox *sandboxes;
@@ -776,6 +777,11 @@ typedef struct {
 	int swapped;         /* a credential went into this request */
 	int cred_host;       /* a credential applies to this request */
 	int head_sent;       /* the request head went upstream */
+	int body_checked;    /* body_complete ran (an idle kept-alive upstream may be there) */
+	int guard;           /* a guard decides: 1 wanted, 2 waiting for its verdict, 3 decided */
+	int guard_filter;    /* the guard rewrites the response: it is held whole */
+	px_buf resp_head;    /* the held response's headers, "name\0value\0"... */
+	px_buf resp_body;    /* the held response's body */
 } exch;
 
 enum cstate { C_HTTP, C_TUNNEL, C_CLOSED };
@@ -813,6 +819,8 @@ static void side_start(side *s);
 static void process_client(conn *c);
 static void finish_exchange(conn *c);
 static int side_write(side *s, const void *data, size_t n);
+static int guard_hold_body(conn *c, const char *data, size_t n);
+static void guard_filter_done(conn *c);
 
 /* ------------------------------------------------------------------ Lua callbacks */
 
@@ -1236,6 +1244,8 @@ static void conn_free(conn *c)
 	px_buf_free(&c->hold, 1);
 	px_buf_free(&c->x.body, 1);
 	px_buf_free(&c->x.head, 1);
+	px_buf_free(&c->x.resp_head, 1);
+	px_buf_free(&c->x.resp_body, 1);
 	free(c->x.path);
 	policy_unref(c->pol);
 	if (c->prev)
@@ -2037,6 +2047,19 @@ static int resp_on_head(px_http *h)
 		x->interim = 1;
 		return 0;
 	}
+	if (x->guard_filter && status != 101) {
+		/* the guard rewrites this response: hold it whole (guard_filter_done) */
+		x->status = status;
+		x->resp_close = !x->client_keepalive || !http_should_keep_alive(&h->p);
+		px_buf_free(&x->resp_head, 1);
+		for (int i = 0; i < h->nh; i++) {
+			px_buf_add(&x->resp_head, px_http_str(h, h->h[i].name), h->h[i].namelen);
+			px_buf_add(&x->resp_head, "", 1);
+			px_buf_add(&x->resp_head, px_http_str(h, h->h[i].value), h->h[i].valuelen);
+			px_buf_add(&x->resp_head, "", 1);
+		}
+		return x->head_req || status == 204 || status == 304 ? 1 : 0;
+	}
 	x->status = status;
 	int upgrade = status == 101 && x->upgrade;
 	int no_body = x->head_req || status == 204 || status == 304 || upgrade;
@@ -2083,6 +2106,8 @@ static int resp_on_head(px_http *h)
 static int resp_on_body(px_http *h, const char *data, size_t n)
 {
 	conn *c = h->data;
+	if (c->x.guard_filter)
+		return guard_hold_body(c, data, n);
 	client_send_body(c, data, n, 0);
 	return 0;
 }
@@ -2093,6 +2118,12 @@ static int resp_on_done(px_http *h)
 	exch *x = &c->x;
 	if (x->interim && x->status == 0) {
 		x->interim = 0;
+		return 0;
+	}
+	if (x->guard_filter) {
+		guard_filter_done(c);
+		x->resp_done = 1;
+		px_http_pause(h, 1);
 		return 0;
 	}
 	client_send_body(c, "", 0, 1);
@@ -2303,6 +2334,376 @@ static void run_hook(conn *c)
 	lua_pop(L, 2);
 }
 
+
+/* ------------------------------------------------------------------ guards */
+
+/* A guard is trusted Lua (lua/foundry/guards.lua: git smart HTTP, the GitHub API) that
+ * decides a request with its whole body and may take its time (it runs git on the host).
+ * The engine asks guard_want(name, req) whether it wants a request: false, or the number
+ * of body bytes it reads (nil - an error - refuses the request). The body is buffered,
+ * then guard(name, req, done) is called; done(verdict) may come later, from any task,
+ * exactly once (a ticket dropped without a verdict answers 502). A verdict forwards the
+ * request - {action="forward", remove_headers={...}, filter=bool, rule=, reason=} - or
+ * answers it - {action="respond", status=, headers={}, body=, decision="deny"|"allow",
+ * rule=, reason=}. With `filter`, the response is held whole and guard_response(name,
+ * req, {status=, headers=, body=}) returns the one the client gets. Verdicts are applied
+ * from a timer callback, never inside the task that gives them. */
+
+#define TICKET_MT "foundry.proxy.GuardTicket"
+#define GUARD_RESP_MAX (32u << 20)
+
+typedef struct {
+	uv_timer_t timer;
+	conn *c;
+	int ok, respond, deny, filter, status;
+	px_buf head;   /* "Name: value\r\n" lines */
+	px_buf body;
+	px_buf remove; /* names of headers to remove, each NUL-terminated */
+	char rule[160], reason[320];
+} guard_verdict;
+
+typedef struct {
+	conn *c;
+	int used;
+} guard_ticket;
+
+/* -1: not wanted, -2: the guard failed, else the body bytes it reads. */
+static long long guard_wants(conn *c, const char *query, size_t qlen)
+{
+	engine *e = c->e;
+	if (e->guard_want_ref == LUA_NOREF)
+		return -1;
+	lua_State *L = e->L;
+	lua_pushstring(L, c->sb->name);
+	push_request(L, c, query, qlen);
+	call_lua(e, e->guard_want_ref, 2, 1);
+	long long n = -2;
+	if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
+		n = -1;
+	else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0)
+		n = (long long)lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	return n;
+}
+
+static int clean_header(const char *s)
+{
+	for (; *s; s++)
+		if (*s == '\r' || *s == '\n')
+			return 0;
+	return 1;
+}
+
+/* Copy the verdict at idx into g (the Lua values stay with Lua). */
+static void guard_read(lua_State *L, int idx, guard_verdict *g)
+{
+	g->status = 200;
+	if (!lua_istable(L, idx)) {
+		snprintf(g->reason, sizeof g->reason, "the guard gave no verdict");
+		return;
+	}
+	lua_getfield(L, idx, "action");
+	const char *a = lua_tostring(L, -1);
+	g->ok = a && (!strcmp(a, "forward") || !strcmp(a, "respond"));
+	g->respond = a && !strcmp(a, "respond");
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "decision");
+	const char *d = lua_tostring(L, -1);
+	g->deny = d ? !strcmp(d, "deny") : g->respond;
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "status");
+	if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 100 && lua_tointeger(L, -1) <= 599)
+		g->status = (int)lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "filter");
+	g->filter = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	const char *keys[] = {"rule", "reason"};
+	char *outs[] = {g->rule, g->reason};
+	size_t sizes[] = {sizeof g->rule, sizeof g->reason};
+	for (int i = 0; i < 2; i++) {
+		lua_getfield(L, idx, keys[i]);
+		if (lua_type(L, -1) == LUA_TSTRING)
+			snprintf(outs[i], sizes[i], "%s", lua_tostring(L, -1));
+		lua_pop(L, 1);
+	}
+	lua_getfield(L, idx, "body");
+	size_t bl;
+	const char *b = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &bl) : NULL;
+	if (b)
+		px_buf_add(&g->body, b, bl);
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "headers");
+	if (lua_istable(L, -1)) {
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+				const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
+				if (clean_header(k) && clean_header(v) && !is_hop(k, strlen(k)) &&
+				    !px_ieq(k, strlen(k), "content-length"))
+					px_buf_printf(&g->head, "%s: %s\r\n", k, v);
+			}
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+	lua_getfield(L, idx, "remove_headers");
+	if (lua_istable(L, -1)) {
+		for (lua_Integer i = 1;; i++) {
+			if (lua_rawgeti(L, -1, i) != LUA_TSTRING) {
+				lua_pop(L, 1);
+				break;
+			}
+			px_buf_adds(&g->remove, lua_tostring(L, -1));
+			px_buf_add(&g->remove, "", 1);
+			lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
+}
+
+/* Remove the header lines named `name` from a request head being built. */
+static void head_remove(px_buf *h, const char *name)
+{
+	size_t nl = strlen(name), i = 0;
+	char *d = h->data;
+	while (i + 1 < h->len && !(d[i] == '\r' && d[i + 1] == '\n'))
+		i++;
+	i += 2;
+	while (i < h->len) {
+		size_t e = i;
+		while (e + 1 < h->len && !(d[e] == '\r' && d[e + 1] == '\n'))
+			e++;
+		size_t end = e + 2 <= h->len ? e + 2 : h->len;
+		if (e - i > nl && d[i + nl] == ':' && px_ieq(d + i, nl, name)) {
+			memmove(d + i, d + end, h->len - end);
+			h->len -= end - i;
+			continue;
+		}
+		i = end;
+	}
+}
+
+/* Answer with the guard's own response; the exchange ends (audited). */
+static void guard_respond(conn *c, guard_verdict *g)
+{
+	exch *x = &c->x;
+	int keep = c->state == C_HTTP && !x->head_sent && x->client_keepalive &&
+		   (x->req_done || (!c->req.has_length && !c->req.chunked) ||
+		    (c->req.has_length && c->req.length == 0));
+	px_buf b = {0};
+	px_buf_printf(&b, "HTTP/1.1 %d %s\r\n", g->status, status_text(g->status));
+	if (g->head.len)
+		px_buf_add(&b, g->head.data, g->head.len);
+	px_buf_printf(&b, "Content-Length: %zu\r\nX-Foundry-Proxy: 1\r\n%s\r\n", g->body.len,
+		      keep ? "" : "Connection: close\r\n");
+	if (g->body.len)
+		px_buf_add(&b, g->body.data, g->body.len);
+	if (c->cl)
+		side_write(c->cl, b.data, b.len);
+	px_buf_free(&b, 0);
+	x->status = g->status;
+	x->bytes_in += g->body.len;
+	if (x->active) {
+		audit(c);
+		x->active = 0;
+	}
+	if (!keep) {
+		conn_end(c);
+		return;
+	}
+	c->head_ready = 0;
+	c->msg_done = x->req_done ? 0 : c->msg_done;
+	px_http_pause(&c->req, 0);
+	process_client(c);
+}
+
+static void guard_apply(conn *c, guard_verdict *g)
+{
+	exch *x = &c->x;
+	x->guard = 3;
+	if (g->rule[0])
+		snprintf(x->v.rule, sizeof x->v.rule, "%s", g->rule);
+	if (g->reason[0])
+		snprintf(x->v.reason, sizeof x->v.reason, "%s", g->reason);
+	if (!g->ok) {
+		deny(&x->v, 502, "guard", NULL, "%s", g->reason[0] ? g->reason : "the proxy's guard failed");
+		respond_denied(c);
+		if (!c->closing)
+			process_client(c);
+		return;
+	}
+	if (g->respond) {
+		x->decided = 1;
+		if (g->deny) {
+			x->v.action = ACT_DENY;
+			x->v.status = g->status;
+			if (!g->rule[0])
+				snprintf(x->v.rule, sizeof x->v.rule, "guard");
+		}
+		guard_respond(c, g);
+		return;
+	}
+	for (size_t i = 0; i < g->remove.len; i += strlen(g->remove.data + i) + 1)
+		head_remove(&x->head, g->remove.data + i);
+	x->guard_filter = g->filter;
+	connect_upstream(c);
+}
+
+static void on_guard_timer_closed(uv_handle_t *h)
+{
+	guard_verdict *g = h->data;
+	px_buf_free(&g->head, 1);
+	px_buf_free(&g->body, 1);
+	px_buf_free(&g->remove, 1);
+	free(g);
+}
+
+static void on_guard_timer(uv_timer_t *t)
+{
+	guard_verdict *g = t->data;
+	conn *c = g->c;
+	if (!c->closing && c->x.active && c->x.guard == 2)
+		guard_apply(c, g);
+	conn_unref(c);
+	uv_close((uv_handle_t *)&g->timer, on_guard_timer_closed);
+}
+
+/* Apply g on the next turn of the loop; takes over the ticket's reference to c. */
+static void guard_schedule(conn *c, guard_verdict *g)
+{
+	g->c = c;
+	uv_timer_init(c->e->loop, &g->timer);
+	g->timer.data = g;
+	uv_timer_start(&g->timer, on_guard_timer, 0, 0);
+}
+
+/* done(verdict): the closure a guard is given. */
+static int l_guard_done(lua_State *L)
+{
+	guard_ticket *t = luaL_checkudata(L, lua_upvalueindex(1), TICKET_MT);
+	if (t->used)
+		return luaL_error(L, "proxy guard: a verdict was given already");
+	t->used = 1;
+	guard_verdict *g = calloc(1, sizeof *g);
+	if (!g) {
+		conn_close(t->c);
+		conn_unref(t->c);
+		return luaL_error(L, "proxy guard: out of memory");
+	}
+	guard_read(L, 1, g);
+	guard_schedule(t->c, g);
+	return 0;
+}
+
+static int ticket_gc(lua_State *L)
+{
+	guard_ticket *t = luaL_checkudata(L, 1, TICKET_MT);
+	if (t->used)
+		return 0;
+	t->used = 1;
+	guard_verdict *g = t->c->closing ? NULL : calloc(1, sizeof *g);
+	if (!g) {
+		conn_unref(t->c);
+		return 0;
+	}
+	snprintf(g->reason, sizeof g->reason, "the proxy's guard dropped the request without a verdict");
+	guard_schedule(t->c, g);
+	return 0;
+}
+
+/* The (buffered) request is complete: hand it to the guard and wait for its verdict. */
+static void guard_start(conn *c)
+{
+	exch *x = &c->x;
+	engine *e = c->e;
+	lua_State *L = e->L;
+	const char *target = px_http_str(&c->req, c->req.url);
+	const char *q = memchr(target, '?', c->req.urllen);
+	x->guard = 2;
+	c->refs++; /* the ticket's */
+	lua_pushstring(L, c->sb->name);
+	push_request(L, c, q ? q + 1 : NULL, q ? c->req.urllen - (size_t)(q + 1 - target) : 0);
+	guard_ticket *t = lua_newuserdatauv(L, sizeof *t, 0);
+	t->c = c;
+	t->used = 0;
+	luaL_setmetatable(L, TICKET_MT);
+	lua_pushcclosure(L, l_guard_done, 1);
+	call_lua(e, e->guard_ref, 3, 0);
+}
+
+static int guard_hold_body(conn *c, const char *data, size_t n)
+{
+	exch *x = &c->x;
+	if (x->resp_body.len + n > GUARD_RESP_MAX)
+		return -1;
+	px_buf_add(&x->resp_body, data, n);
+	return 0;
+}
+
+/* The held response is complete: the guard gives the one the client gets. */
+static void guard_filter_done(conn *c)
+{
+	exch *x = &c->x;
+	engine *e = c->e;
+	lua_State *L = e->L;
+	const char *target = px_http_str(&c->req, c->req.url);
+	const char *q = memchr(target, '?', c->req.urllen);
+	lua_pushstring(L, c->sb->name);
+	push_request(L, c, q ? q + 1 : NULL, q ? c->req.urllen - (size_t)(q + 1 - target) : 0);
+	lua_createtable(L, 0, 3);
+	set_int(L, "status", x->status);
+	lua_newtable(L);
+	for (size_t i = 0; i < x->resp_head.len;) {
+		const char *k = x->resp_head.data + i;
+		size_t kl = strlen(k);
+		const char *v = k + kl + 1;
+		size_t vl = strlen(v);
+		i += kl + vl + 2;
+		char name[256];
+		size_t nl = kl < sizeof name - 1 ? kl : sizeof name - 1;
+		for (size_t j = 0; j < nl; j++)
+			name[j] = k[j] >= 'A' && k[j] <= 'Z' ? k[j] + 32 : k[j];
+		name[nl] = 0;
+		lua_pushlstring(L, v, vl);
+		lua_setfield(L, -2, name);
+	}
+	lua_setfield(L, -2, "headers");
+	lua_pushlstring(L, x->resp_body.data ? x->resp_body.data : "", x->resp_body.len);
+	lua_setfield(L, -2, "body");
+	px_buf_free(&x->resp_body, 1);
+	px_buf_free(&x->resp_head, 1);
+	call_lua(e, e->guard_resp_ref, 3, 1);
+	guard_verdict g = {0};
+	if (lua_istable(L, -1)) {
+		guard_read(L, lua_gettop(L), &g);
+	} else {
+		g.status = 502;
+		px_buf_adds(&g.body, "the proxy's guard could not check the upstream's response\n");
+		px_buf_adds(&g.head, "Content-Type: text/plain\r\n");
+		x->v.action = ACT_DENY;
+		snprintf(x->v.rule, sizeof x->v.rule, "guard");
+		snprintf(x->v.reason, sizeof x->v.reason, "the guard could not check the response");
+	}
+	lua_pop(L, 1);
+	x->status = g.status;
+	x->resp_chunked = 0;
+	if (c->cl) {
+		px_buf b = {0};
+		px_buf_printf(&b, "HTTP/1.1 %d %s\r\n", g.status, status_text(g.status));
+		if (g.head.len)
+			px_buf_add(&b, g.head.data, g.head.len);
+		px_buf_printf(&b, "Content-Length: %zu\r\n%s\r\n", g.body.len,
+			      x->resp_close ? "Connection: close\r\n" : "");
+		side_write(c->cl, b.data, b.len);
+		px_buf_free(&b, 0);
+		client_send_body(c, g.body.data ? g.body.data : "", g.body.len, 1);
+	}
+	px_buf_free(&g.head, 1);
+	px_buf_free(&g.body, 1);
+	px_buf_free(&g.remove, 1);
+}
+
 static int take_token(conn *c)
 {
 	sandbox *sb = c->sb;
@@ -2418,6 +2819,8 @@ static void on_request_head(conn *c)
 	px_http *r = &c->req;
 	px_buf_free(&x->body, 1);
 	px_buf_free(&x->head, 1);
+	px_buf_free(&x->resp_head, 1);
+	px_buf_free(&x->resp_body, 1);
 	free(x->path);
 	memset(x, 0, sizeof *x);
 	x->active = 1;
@@ -2690,6 +3093,13 @@ static void dispatch_request(conn *c)
 		respond_denied(c);
 		return;
 	}
+	long long gwant = x->kind == K_HOOK ? -1 : guard_wants(c, query, query ? querylen : 0);
+	if (gwant == -2) {
+		deny(&x->v, 502, "guard", NULL, "the proxy's guard failed: the request is refused");
+		respond_denied(c);
+		return;
+	}
+	x->guard = gwant >= 0;
 	int json_swap = 0;
 	for (int k = 0; k < c->pol->ncreds; k++)
 		json_swap |= c->pol->creds[k].json && c->pol->creds[k].placeholder &&
@@ -2702,6 +3112,11 @@ static void dispatch_request(conn *c)
 			x->buffering = 1;
 			x->body_limit = want;
 		}
+	}
+	if (x->guard && !x->upgrade && (c->req.chunked || (c->req.has_length && c->req.length))) {
+		x->buffering = 1;
+		if (x->body_limit < (size_t)gwant)
+			x->body_limit = (size_t)gwant;
 	}
 	build_request_head(c, path, pathlen, query, querylen);
 	if (x->hook_rule >= 0 && !x->buffering) {
@@ -2717,6 +3132,10 @@ static void dispatch_request(conn *c)
 		px_http_pause(&c->req, 0);
 		return;
 	}
+	if (x->guard) {
+		guard_start(c);
+		return;
+	}
 	connect_upstream(c);
 }
 
@@ -2724,12 +3143,17 @@ static void dispatch_request(conn *c)
 static void body_complete(conn *c)
 {
 	exch *x = &c->x;
+	x->body_checked = 1;
 	if (x->hook_rule >= 0) {
 		run_hook(c);
 		if (x->v.action == ACT_DENY) {
 			respond_denied(c);
 			return;
 		}
+	}
+	if (x->guard) {
+		guard_start(c);
+		return;
 	}
 	connect_upstream(c);
 }
@@ -2887,7 +3311,7 @@ static void process_client(conn *c)
 				hook_body_complete(c);
 				continue;
 			}
-			if (x->buffering && !x->decided && !c->up) {
+			if (x->buffering && !x->decided && !x->body_checked) {
 				body_complete(c);
 				break;
 			}
@@ -3077,6 +3501,10 @@ static void engine_shutdown(engine *e)
 	luaL_unref(L, LUA_REGISTRYINDEX, e->event_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, e->hook_ref);
 	e->audit_ref = e->event_ref = e->hook_ref = LUA_NOREF;
+	luaL_unref(L, LUA_REGISTRYINDEX, e->guard_want_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, e->guard_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, e->guard_resp_ref);
+	e->guard_want_ref = e->guard_ref = e->guard_resp_ref = LUA_NOREF;
 }
 
 static void engine_free(engine *e)
@@ -3104,7 +3532,8 @@ static void engine_at_close(void *data)
 	engine_unref(e);
 }
 
-/* _proxy.engine{ ca_dir=, upstream_ca_file=, audit=fn, event=fn, hook=fn } */
+/* _proxy.engine{ ca_dir=, upstream_ca_file=, audit=fn, event=fn, hook=fn,
+ *                guard_want=fn, guard=fn, guard_response=fn } */
 static int l_engine(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
@@ -3135,9 +3564,10 @@ static int l_engine(lua_State *L)
 	e->ca = ca;
 	e->client_ctx = client;
 	e->refs = 1;
-	const char *refs[] = {"audit", "event", "hook"};
-	int *slots[] = {&e->audit_ref, &e->event_ref, &e->hook_ref};
-	for (int i = 0; i < 3; i++) {
+	const char *refs[] = {"audit", "event", "hook", "guard_want", "guard", "guard_response"};
+	int *slots[] = {&e->audit_ref, &e->event_ref, &e->hook_ref,
+			&e->guard_want_ref, &e->guard_ref, &e->guard_resp_ref};
+	for (int i = 0; i < 6; i++) {
 		lua_getfield(L, 1, refs[i]);
 		*slots[i] = lua_isfunction(L, -1) ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
 	}
@@ -3460,6 +3890,11 @@ int luaopen_foundry_proxy(lua_State *L)
 		lua_setfield(L, -2, "__close");
 		lua_pushcfunction(L, e_tostring);
 		lua_setfield(L, -2, "__tostring");
+	}
+	lua_pop(L, 1);
+	if (luaL_newmetatable(L, TICKET_MT)) {
+		lua_pushcfunction(L, ticket_gc);
+		lua_setfield(L, -2, "__gc");
 	}
 	lua_pop(L, 1);
 	static const luaL_Reg fns[] = {{"engine", l_engine},

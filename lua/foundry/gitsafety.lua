@@ -34,8 +34,10 @@ M.DEFAULTS = {
   protected = { "main", "master", "release/*", "production" },
   -- branch patterns the sandbox may push besides its own (none by default)
   allow = {},
-  -- branches the sandbox may fetch besides its own (its base, for instance)
+  -- branches the sandbox may fetch besides its own
   read = {},
+  -- the branch the sandbox was made from is readable too (git fetch origin main)
+  read_base = true,
   -- tags are advertised (and fetchable); pushing them is refused (not a branch)
   tags = true,
   -- paths a push may not change: "dir/" a directory, a name without "/" a file name at
@@ -49,7 +51,7 @@ M.DEFAULTS = {
   read_other_repos = true,
 }
 
-local RULE_TYPES = { protected = "list", allow = "list", read = "list", tags = "boolean", restricted = "list",
+local RULE_TYPES = { protected = "list", allow = "list", read = "list", read_base = "boolean", tags = "boolean", restricted = "list",
                      warn = "list", max_bytes = "integer", read_other_repos = "boolean" }
 
 --- Check a policy's `git` table (overrides of DEFAULTS); raises `policy.invalid` naming
@@ -549,7 +551,8 @@ Guard.__name = "foundry.gitsafety.Guard"
 
 --- A sandbox's guard, which a proxy asks about git requests. `ctx`:
 --- - `sandbox`: its name; `branch`: its branch; `objects`: its git objects directory
----   on the host; `base`: the commit its branch started from (optional)
+---   on the host; `base`: the commit its branch started from and `base_branch` the
+---   branch (readable while rules.read_base), both optional
 --- - `repos`: the repositories it was made for ({"github.com/o/r"} or URLs)
 --- - `rules`: overrides of DEFAULTS (a policy's `git = {...}`)
 --- - `audit(row)`: every decision, `{sandbox=, kind="git", decision=, rule=, reason=, ...}`
@@ -566,6 +569,11 @@ function M.guard(ctx)
   if type(ctx.branch) ~= "string" or ctx.branch == "" then error("gitsafety.guard: branch: expected string", 2) end
   local rules = setmetatable({}, { __index = M.DEFAULTS })
   for k, v in pairs(M.validate(ctx.rules or {}, "git")) do rules[k] = v end
+  if ctx.base_branch and rules.read_base then
+    local read = { short(ctx.base_branch) }
+    for _, b in ipairs(rules.read) do read[#read + 1] = b end
+    rules.read = read
+  end
   local repos = {}
   for _, r in ipairs(ctx.repos or {}) do
     repos[M.repo_of_url(r) or (r:lower():gsub("%.git$", ""))] = true
@@ -668,7 +676,8 @@ function Guard:_info_refs(req, g)
         capabilities = "report-status report-status-v2 side-band-64k quiet atomic ofs-delta agent=foundry" }
       self:audit{ decision = "allow", rule = "git.repository", host = req.host, path = req.path,
                   reason = "empty advertisement for a repository the sandbox was not made for" }
-      return respond(200, "application/x-git-receive-pack-advertisement", body)
+      return respond(200, "application/x-git-receive-pack-advertisement", body,
+        { decision = "allow", rule = "git.repository", reason = "no refs shown for " .. g.repo })
     end
     if not self.rules.read_other_repos then
       local msg = "foundry: this sandbox may not fetch " .. g.repo .. " (it was made for " .. self:_repos_text() .. ")"
@@ -679,7 +688,7 @@ function Guard:_info_refs(req, g)
     end
     return { action = "forward", remove_headers = FORWARD_HEADERS, filter = false, other_repo = true }
   end
-  return { action = "forward", remove_headers = FORWARD_HEADERS, filter = true, service = service }
+  return { action = "forward", remove_headers = { "git-protocol", "accept-encoding" }, filter = true, service = service }
 end
 
 function Guard:_repos_text()

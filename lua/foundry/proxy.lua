@@ -38,6 +38,7 @@ end
 ---   rule=, reason=, status=, bytes_in=, bytes_out=, ms=}`; runs on the proxy's path:
 ---   it must not wait (spawn a task for that).
 --- - `on_event(sandbox, event)`: a verified hook event (a table); runs in its own task.
+--- - `guard`: a foundry.guards object deciding git and GitHub API requests (optional).
 function M.engine(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("proxy.engine: expected a table of options", 2) end
@@ -46,7 +47,10 @@ function M.engine(opts)
   local ca_dir = opts.ca_dir or require("foundry.paths").ca()
   local sandboxes = self.sandboxes
   local json = require "cjson.safe"
+  self.guard = opts.guard
+  local guard = opts.guard and opts.guard:callbacks(function(name) return sandboxes[name] end) or {}
   self.native = native.engine({
+    guard_want = guard.guard_want, guard = guard.guard, guard_response = guard.guard_response,
     ca_dir = ca_dir,
     upstream_ca_file = opts.upstream_ca_file or nil,
     audit = opts.audit,
@@ -103,7 +107,8 @@ function Engine:add_sandbox(spec)
   end
   local secrets = resolve_secrets(self, p)
   self.native:_add(spec.name, spec.socket, p.spec, secrets, spec.placeholders or {}, spec.hook_token)
-  self.sandboxes[spec.name] = { policy = p, placeholders = spec.placeholders or {}, socket = spec.socket }
+  self.sandboxes[spec.name] = { policy = p, placeholders = spec.placeholders or {}, socket = spec.socket,
+                                row = spec.sandbox }
 end
 
 --- Listen on TCP too (tests, benchmarks): `{host="127.0.0.1", port=0, sandbox=name}` -> port.
@@ -132,6 +137,7 @@ function Engine:remove_sandbox(name)
   check_name("remove_sandbox", name)
   local sb = self.sandboxes[name]
   self.sandboxes[name] = nil
+  if self.guard then self.guard:forget(name) end
   local removed = self.native:remove_sandbox(name)
   if sb then sb.policy:close() end
   return removed

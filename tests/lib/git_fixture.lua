@@ -44,13 +44,15 @@ function M.new(opts)
   return self
 end
 
---- Run git with the fixture's HOME; returns the exec result (never raises).
+--- Run git with the fixture's HOME (and `fx.env`, e.g. a proxy); returns the exec
+--- result (never raises).
 function Fx:git(cwd, ...)
   local argv = { "git", ... }
   argv.cwd = cwd
   argv.env = { HOME = self.home, GIT_CONFIG_NOSYSTEM = "1", GIT_TERMINAL_PROMPT = "0", LC_ALL = "C",
                GIT_ASKPASS = false, SSH_ASKPASS = false, http_proxy = false, https_proxy = false,
                HTTP_PROXY = false, HTTPS_PROXY = false }
+  for k, v in pairs(self.env or {}) do argv.env[k] = v end
   argv.timeout = 60000
   return exec(argv)
 end
