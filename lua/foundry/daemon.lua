@@ -226,6 +226,7 @@ function Daemon:engine()
     upstream_ca_file = os.getenv("FOUNDRY_UPSTREAM_CA_FILE"),
     secrets = function(name) return self:secret(name) end,
     audit = function(row) self:audit(row) end,
+    guard = require("foundry.guards").new{ audit = function(row) self:audit(row) end }, -- git and GitHub API rules
     on_event = function(name, ev) return self:on_event(name, ev) end,
     log = function(level, msg) self:log(level, "proxy: %s", msg) end,
   })
