@@ -453,16 +453,10 @@ end
 
 -- ------------------------------------------------------------------ git workspace
 
---- The workspace implementation: foundry.git when built in, else foundry.worktree (the
---- git program).
-function M.workspaces(kind)
-  if kind ~= "worktree" then
-    local ok, git = pcall(require, "foundry.git")
-    if ok and type(git) == "table" and type(git.workspace) == "table" and git.workspace.create then
-      return git.workspace, "git"
-    end
-  end
-  return require "foundry.worktree", "worktree"
+--- The workspace implementation: foundry.git's workspaces (libgit2, branch isolation by
+--- construction).
+function M.workspaces()
+  return require("foundry.git").workspace
 end
 
 -- The workspace of this sandbox (reopened from what provision recorded).
@@ -470,7 +464,7 @@ function Sandbox:git_workspace()
   if self._ws then return self._ws end
   local rec = self.data.ws
   if not rec then errors.raise("sandbox.no_workspace", "sandbox '" .. self.name .. "' has no workspace") end
-  self._ws = M.workspaces(rec.kind).open(rec)
+  self._ws = M.workspaces().open(rec)
   return self._ws
 end
 
@@ -602,14 +596,6 @@ function M.container_spec(sb, r, wsm)
   }
 end
 
--- Give the sandbox user its work tree when we run as root (bind mounts keep host owners).
-local function chown_tree(path)
-  if uv.getuid() ~= 0 then return end
-  local st = uv.fs_stat(path)
-  if st and st.uid == M.UID then return end
-  require("foundry.exec").exec{ "chown", "-R", M.UID .. ":" .. M.UID, path, check = true }
-end
-
 --- Stage `provision`: the run directory, the workspace, the container (started).
 function M.stage_provision(sb, ctx)
   local r = ctx.spec
@@ -627,47 +613,23 @@ function M.stage_provision(sb, ctx)
   fs.write(run .. "/hook-token", sb.row.hook_token .. "\n", { mode = tonumber("444", 8), fsync = false })
   local impl = M.workspaces()
   ctx.shield(function()
-    local make = impl.prepare or impl.create
-    local ws = make{ source = sb.repo, name = sb.name, branch = r.branch, from = r.from }
+    local ws = impl.create{ source = sb.repo, name = sb.name, branch = r.branch, from = r.from, subdir = r.workdir,
+                            owner = uv.getuid() == 0 and { uid = M.UID, gid = M.UID } or nil }
     sb._ws = ws
     local wsd = util.copy(sb.data)
-    wsd.ws = ws.record and ws:record() or ws
+    wsd.ws = ws:record()
     sb:_update({ data = wsd })
   end)
   local ws = sb._ws
   local data = util.copy(sb.data)
   data.env = M.container_env(sb.name, r)
   data.shim = shim
-  sb:_update({ workspace = ws.tree or ws.path, branch = ws.branch, base = ws.base, data = data })
+  sb:_update({ workspace = ws.tree, branch = ws.branch, base = ws.base, data = data })
   local spec = M.container_spec(sb, r, ws.mounts)
-  -- The files are checked out while the engine makes and starts the container: the bind
-  -- mount shows the directory, whatever is in it by the time the next stage looks.
   ctx.shield(function()
-    local task = require "foundry._task"
-    local jobs = {}
-    if impl.prepare and ws.populate then
-      jobs[#jobs + 1] = task.spawn(function()
-        ws:populate()
-        for _, m in ipairs(ws.mounts or {}) do
-          if not m.read_only then chown_tree(m.source) end
-        end
-      end)
-    else
-      for _, m in ipairs(ws.mounts or {}) do
-        if not m.read_only then chown_tree(m.source) end
-      end
-    end
-    jobs[#jobs + 1] = task.spawn(function()
-      local c = d.create(spec)
-      sb:_update({ container_id = c.id })
-      c:start()
-    end)
-    local first
-    for _, t in ipairs(jobs) do
-      local ok, err = pcall(t.join, t)
-      if not ok and first == nil then first = err end
-    end
-    if first ~= nil then error(first, 0) end
+    local c = d.create(spec)
+    sb:_update({ container_id = c.id })
+    c:start()
   end)
 end
 
@@ -924,17 +886,12 @@ function M.prune(opts)
       if not opts.dry_run then require("foundry.fs").rm(sbdir .. "/" .. n) end
     end
   end
-  -- workspaces without a row (each implementation knows its layout)
-  local impls = { (M.workspaces()) }
-  if impls[1] ~= require("foundry.worktree") then impls[2] = require "foundry.worktree" end
-  for _, impl in ipairs(impls) do
-    if impl.list then
-      for _, ws in ipairs(impl.list()) do
-        if ws.name and not rows[ws.name] then
-          found.workspaces[#found.workspaces + 1] = ws.path or ws.name
-          if not opts.dry_run then pcall(function() impl.open(ws):destroy({}) end) end
-        end
-      end
+  -- workspaces without a row (also those whose creation was interrupted)
+  local impl = M.workspaces()
+  for _, ws in ipairs(impl.list()) do
+    if ws.name and not rows[ws.name] then
+      found.workspaces[#found.workspaces + 1] = ws.path or ws.name
+      if not opts.dry_run then pcall(impl.destroy, ws) end
     end
   end
   return found

@@ -67,9 +67,8 @@ return {
     end)
     results[#results + 1] = check("git", function()
       local r = require("foundry.exec").exec{ "git", "--version" }
-      if not r.ok then return false, "git is not installed", "sudo apt-get install git" end
-      local _, kind = sandbox.workspaces()
-      return true, (r.stdout:gsub("\n", "")) .. (kind == "worktree" and " (workspaces with the git program)" or " (workspaces with libgit2)")
+      local v = r.ok and (r.stdout:gsub("\n", "")) or "no git program"
+      return true, "workspaces with libgit2; " .. v .. (r.ok and "" or " (only needed to work on the branches yourself)")
     end)
     results[#results + 1] = check("disk", function()
       local dir = paths.data()
