@@ -64,23 +64,27 @@ function Guards:want(entry, name, req)
   return 0
 end
 
--- The repositories a sandbox was made for: its spec's `repos`, the URL it was made from,
--- or the remotes of the repository it was made from (the user's, not the sandbox's).
-function Guards:_repos(row)
-  if self.repos_fn then return self.repos_fn(row) end
+--- The repositories a sandbox (a state row) was made for: its spec's `repos`, the URL it
+--- was made from, or the remotes of the repository it was made from (the user's, never
+--- the sandbox's own configuration). URLs or "host/owner/name" ids. May wait.
+function M.repos_of(row, cache)
   local spec = type(row.spec) == "table" and row.spec or {}
   if type(spec.repos) == "table" then return spec.repos end
   local src = row.repo
   if type(src) ~= "string" or src == "" then return {} end
   if gitsafety.repo_of_url(src) then return { src } end
-  local cached = self.repos_cache[src]
-  if cached then return cached end
+  if cache and cache[src] then return cache[src] end
   local r = require("foundry.exec").exec{ "git", "-C", src, "config", "--get-regexp", "^remote\\..*\\.url$",
     timeout = 10000 }
   local out = {}
   for url in (r.stdout or ""):gmatch("%S+ (%S+)") do out[#out + 1] = url end
-  self.repos_cache[src] = out
+  if cache then cache[src] = out end
   return out
+end
+
+function Guards:_repos(row)
+  if self.repos_fn then return self.repos_fn(row) end
+  return M.repos_of(row, self.repos_cache)
 end
 
 -- What a sandbox's guards are built from, once per (sandbox, policy).

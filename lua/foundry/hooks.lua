@@ -404,6 +404,11 @@ function M.commit_and_push(sb, calls, opts)
     if type(git.push) == "function" then
       git.push(sb.workspace, { sandbox = sb })
       M.report(sb.name, "info", "auto-commit " .. id:sub(1, 12) .. " pushed")
+    elseif sb.container_id then
+      -- pushed from inside the sandbox, through the proxy's git rules (foundry.hooks_git)
+      local r = require("foundry.hooks_git").push(sb)
+      M.report(sb.name, r.ok and "info" or "warn", r.message, { rule = r.rule, refused = r.refused })
+      if r.refused then M.dispatch(sb, { event = "push_denied", payload = { rule = r.rule, reason = r.reason } }) end
     elseif not opts._push_noted then
       opts._push_noted = true
       M.report(sb.name, "warn", "auto-commit: not pushed (this build's foundry.git cannot push yet)")
