@@ -387,15 +387,15 @@ function M.default()
         if r.network == "none" then return ctx.skip("network none: nothing can leave the sandbox") end
         if next(r.credentials or {}) == nil then return ctx.skip("no credentials configured") end
         local ok, vault = pcall(require, "foundry.vault")
-        if not ok or type(vault) ~= "table" or not vault.resolve then
+        if not ok or type(vault) ~= "table" or not vault.check then
           return ctx.skip("vault not available")
         end
+        -- every secret must be there (checked without unlocking: no secret enters this
+        -- process); the daemon's proxy swaps the placeholders for them
+        vault.check(r.credentials)
         local placeholders = {}
         for provider, ref in pairs(r.credentials) do
-          if ref then
-            vault.resolve(ref) -- raises when missing or locked: fail early, on the host
-            placeholders[provider] = ref
-          end
+          if ref then placeholders[provider] = ref end
         end
         sb:_set_data("placeholders", placeholders)
       end },

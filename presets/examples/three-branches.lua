@@ -2,8 +2,8 @@
 -- results come back side by side, and the sandboxes go (their commits, if any, are kept
 -- as their branches).
 --
---   foundry run presets/examples/parallel.lua [REPO] [BRANCH BRANCH BRANCH] [-- CMD]
---   foundry run presets/examples/parallel.lua . main feature-a feature-b -- make test
+--   foundry run presets/examples/three-branches.lua [REPO] [BRANCH BRANCH BRANCH] [-- CMD]
+--   foundry run presets/examples/three-branches.lua . main feature-a feature-b -- make test
 --
 -- A preset file may be a program like this one instead of a table: it gets the whole
 -- Foundry API (`foundry.sandbox`, `foundry.parallel`, ...) and `arg`.

@@ -235,6 +235,14 @@ describe("rollback", function()
     L.no_traces()
   end)
 
+  it("fails in auth, before anything runs inside, when the preset's secret is not in the vault", function()
+    local r = L.cli{ "new", "-d", "--json", "-n", "noauth", "-p", "claude" }
+    expect(r.status).never:equals(0)
+    expect(r.json.error.message):matches("^stage 'auth' failed")
+    expect(r.json.error.hint):matches("foundry vault")
+    L.no_traces()
+  end)
+
   it("rolls back on Ctrl-C during new", function()
     fs.write(env.root .. "/slow.lua", "return { setup = { 'sleep 30' } }")
     local exited = require("foundry._task").wait("foundry new to exit")
@@ -346,7 +354,7 @@ describe("foundry run", function()
   end)
 
   it("runs the example that drives three sandboxes from three branches in parallel", function()
-    local r = L.ok{ "run", "presets/examples/parallel.lua", env.repo, "main", "feature", "main", "--", "git rev-parse --abbrev-ref HEAD",
+    local r = L.ok{ "run", "presets/examples/three-branches.lua", env.repo, "main", "feature", "main", "--", "git rev-parse --abbrev-ref HEAD",
       cwd = require("luv").cwd() }
     local seen = 0
     for _ in r.stdout:gmatch("== [%w.-]+ %(from %w+%): exit 0\n") do seen = seen + 1 end
