@@ -2,7 +2,8 @@
 --   foundry run bench/proxy_server.lua PORTFILE UPSTREAM_PORT TLS_PORT CA_FILE
 -- Policy: 127.0.0.1 allowed (plain HTTP and CONNECT), and a gateway "bench" to
 -- bench.test (mapped to TLS_PORT) that swaps the sandbox's placeholder for BENCH_KEY.
-local portfile, up, tlsport, cafile = ...
+-- (plain HTTP goes to whatever 127.0.0.1 port the client names: the upstream's)
+local portfile, _, tlsport, cafile = ...
 local proxy = require "foundry.proxy"
 local fs = require "foundry.fs"
 local e = proxy.engine{

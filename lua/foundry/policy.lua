@@ -389,8 +389,7 @@ Policy.__name = "foundry.Policy"
 function M.merge(parent, child)
   local out = util.deepcopy(parent)
   for k, v in pairs(child) do
-    if k == "extends" then
-      -- consumed
+    if k == "extends" then -- luacheck: ignore 542 (consumed by the loader)
     elseif type(v) == "table" and type(out[k]) == "table" then
       if #v > 0 or next(v) == nil then
         for _, x in ipairs(v) do table.insert(out[k], x) end
