@@ -784,6 +784,11 @@ end
 
 function Guard:_receive(req, g)
   local body = req.body or ""
+  if body == pktline.FLUSH then
+    -- git's probe before a large (chunked) push: no commands, it only tests the route
+    if self:made_for(g.repo) then return { action = "forward", remove_headers = FORWARD_HEADERS } end
+    return respond(200, "application/x-git-receive-pack-result", "", { decision = "allow", rule = "git.probe" })
+  end
   local ok, push = pcall(pktline.parse_push, body)
   if not ok then
     local why = errors.message(push)

@@ -463,6 +463,19 @@ describe("with the real git through a guard", function()
     fx:must(ws, "remote", "set-url", "origin", url)
   end)
 
+  it("lets a large push through: git's probe, then a chunked body", function()
+    local head = commit("large", { ["large.bin"] = require("foundry.crypto").random_bytes(200000) })
+    fx:clear_log()
+    local r = fx:git(ws, "-c", "http.postBuffer=4096", "push", "origin", "sandbox/t1")
+    if not r.ok then error(r.stderr) end
+    expect(fx:upstream_ref("acme/app", "sandbox/t1")):equals(head)
+    expect(fx:reached("/git-receive-pack")):equals(2) -- the probe ("0000") and the push
+    -- to another repository the probe is answered here, and the push refused
+    fx:clear_log()
+    refused(fx:git(ws, "-c", "http.postBuffer=4096", "push", other_url, "HEAD:refs/heads/x"), "repository")
+    expect(#fx:log()):equals(0)
+  end)
+
   it("refuses a push over the size limit", function()
     start_proxy({ max_bytes = 2000 })
     fx:must(ws, "remote", "set-url", "origin", url)
