@@ -100,6 +100,7 @@ run "direct" "http://127.0.0.1:$UP/" -t2 -c64 -d"$secs"s
 run "foundry" "http://127.0.0.1:$FD/" -t2 -c64 -d"$secs"s -s "$tmp/proxy.lua"
 run "squid" "http://127.0.0.1:$SQ/" -t2 -c64 -d"$secs"s -s "$tmp/proxy.lua"
 echo "== HTTPS upstream with a credential swap, 16 connections"
+run "direct to the TLS upstream (ceiling)" "https://127.0.0.1:$TLS/" -t2 -c16 -d"$secs"s
 run "foundry gateway" "http://127.0.0.1:$FD/_gw/bench/" -t2 -c16 -d"$secs"s -s "$tmp/swap.lua"
 run "mitmproxy + swap script" "http://127.0.0.1:$MP/" -t2 -c16 -d"$secs"s -s "$tmp/swap.lua"
 echo "== CONNECT tunnel, 1 GB"

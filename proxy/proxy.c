@@ -738,6 +738,7 @@ struct side {
 	BIO *rb, *wb;
 	int hs_done;
 	px_buf early;      /* plaintext written before the handshake completed */
+	px_buf cork;       /* bytes written while the connection is corked */
 	size_t queued;     /* bytes handed to uv_write, not yet written */
 	uv_connect_t connect;
 	/* the upstream this side talks to, for reuse */
@@ -795,6 +796,7 @@ struct conn {
 	enum cstate state;
 	int closing;
 	int ending;          /* closing once the client has been sent what is queued */
+	int corked;          /* in a read callback: writes are gathered, sent once at its end */
 	px_http req, resp;
 	px_buf in;           /* client plaintext not yet parsed */
 	int head_ready;      /* the request parser paused at a complete head */
@@ -929,6 +931,8 @@ static int raw_write(side *s, const void *data, size_t n)
 {
 	if (s->closing || !s->inited || n == 0)
 		return 0;
+	if (s->c->corked)
+		return px_buf_add(&s->cork, data, n);
 	if (s->queued == 0 && uv_stream_get_write_queue_size(&s->u.s) == 0) {
 		/* most writes complete at once: no copy, no request */
 		uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
@@ -1041,6 +1045,21 @@ static void update_reading(conn *c)
 	side_start(c->up);
 }
 
+/* Send what was gathered while corked: a response head and its body, or a reply and
+ * what the TLS layer wrote, leave in one write. */
+static void uncork(side *s)
+{
+	if (!s || !s->cork.len)
+		return;
+	int corked = s->c->corked;
+	px_buf b = s->cork;
+	memset(&s->cork, 0, sizeof s->cork);
+	s->c->corked = 0;
+	raw_write(s, b.data, b.len);
+	s->c->corked = corked;
+	px_buf_free(&b, 0);
+}
+
 static void on_side_closed(uv_handle_t *h)
 {
 	side *s = h->data;
@@ -1048,6 +1067,7 @@ static void on_side_closed(uv_handle_t *h)
 	if (s->ssl)
 		SSL_free(s->ssl); /* frees the BIOs */
 	px_buf_free(&s->early, 1);
+	px_buf_free(&s->cork, 0);
 	free(s);
 	conn_unref(c);
 }
@@ -1056,6 +1076,7 @@ static void side_close(side *s)
 {
 	if (!s || s->closing)
 		return;
+	uncork(s);
 	s->closing = 1;
 	conn *c = s->c;
 	if (c->up == s)
@@ -1066,6 +1087,7 @@ static void side_close(side *s)
 		if (s->ssl)
 			SSL_free(s->ssl);
 		px_buf_free(&s->early, 1);
+		px_buf_free(&s->cork, 0);
 		free(s);
 		conn_unref(c);
 	}
@@ -1216,6 +1238,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	side *s = stream->data;
 	conn *c = s->c;
 	c->refs++;
+	int outer = !c->corked;
+	c->corked = 1;
 	if (nread > 0) {
 		if (s->ssl)
 			tls_input(s, buf->base, (size_t)nread);
@@ -1226,6 +1250,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 			on_eof(s);
 		else
 			conn_close(c);
+	}
+	if (outer) {
+		c->corked = 0;
+		uncork(c->cl);
+		uncork(c->up);
 	}
 	if (!c->closing)
 		update_reading(c);
@@ -1294,6 +1323,7 @@ static void conn_end(conn *c)
 {
 	if (c->closing)
 		return;
+	uncork(c->cl);
 	if (!c->cl || c->cl->queued == 0) {
 		conn_close(c);
 		return;
