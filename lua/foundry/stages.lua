@@ -270,7 +270,8 @@ local function home_files(sb, r)
       "[user]", "\tname = " .. name, "\temail = " .. email,
       "[safe]", "\tdirectory = *",
       "[init]", "\tdefaultBranch = main",
-      "[push]", "\tautoSetupRemote = true", "" }, "\n"),
+      "[push]", "\tautoSetupRemote = true", "" }, "\n")
+      .. require("foundry.gitsafety").gitconfig(), -- SSH remotes of GitHub go through the proxy's git rules
     ["~/.profile"] = "[ -n \"$BASH_VERSION\" ] && [ -f \"$HOME/.bashrc\" ] && . \"$HOME/.bashrc\"\n",
     ["~/.bashrc"] = table.concat({
       "# written by foundry: the home directory is a tmpfs, rebuilt when the sandbox starts",
