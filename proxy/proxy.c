@@ -1673,7 +1673,11 @@ static void build_request_head(conn *c, const char *path, size_t pathlen, const 
 			continue;
 		if (px_ieq(name, nl, "host")) {
 			have_host = 1;
-			if (x->kind == K_GATEWAY)
+			/* A gateway's host is the provider's; a forwarded request's is its URL's
+			 * (RFC 9112 3.2.2): a Host naming another site behind the same address
+			 * would reach a host the policy never allowed. Inspected requests were
+			 * checked against the tunnel's host already. */
+			if (x->kind == K_GATEWAY || x->kind == K_HTTP)
 				continue; /* rewritten below */
 		}
 		/* Compressed responses could hide a secret from the mask: ask for identity
@@ -1729,7 +1733,7 @@ static void build_request_head(conn *c, const char *path, size_t pathlen, const 
 		if (applied[k])
 			x->swapped = 1;
 	}
-	if (x->kind == K_GATEWAY || !have_host) {
+	if (x->kind == K_GATEWAY || x->kind == K_HTTP || !have_host) {
 		if (x->port == (x->up_tls ? 443 : 80))
 			px_buf_printf(h, "Host: %s\r\n", x->host);
 		else

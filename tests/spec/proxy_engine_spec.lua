@@ -91,6 +91,13 @@ describe("allowlist", function()
     expect(fx.curl{ proxy_port = port, url = "http://example.test/echo" }.status):equals(403)
   end)
 
+  it("sends the URL's host upstream, not a Host header naming another site (fronting)", function()
+    local port = start({ allow = { "example.test" }, overrides = fx.overrides(plain.port) })
+    local r = fx.curl{ proxy_port = port, url = "http://example.test/echo", headers = { "Host: evil.test" } }
+    expect(r.status):equals(200)
+    expect(r.json.headers.host):equals("example.test")
+  end)
+
   it("refuses everything in mode none", function()
     local port = start({ mode = "none" })
     local d = fx.curl{ proxy_port = port, url = "http://example.test/" }
