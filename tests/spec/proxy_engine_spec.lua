@@ -106,6 +106,48 @@ describe("allowlist", function()
   end)
 end)
 
+describe("HTTP/1.1", function()
+  it("answers pipelined requests in order, HEAD without a body", function()
+    local port = start({ allow = { "example.test" }, overrides = fx.overrides(plain.port) })
+    local r = foundry.exec{ "python3", "-c", [[
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+req = lambda m, p: ("%s http://example.test%s HTTP/1.1\r\nHost: example.test\r\n\r\n" % (m, p)).encode()
+s.sendall(req("GET", "/echo?n=1") + req("HEAD", "/echo?n=2") + req("GET", "/echo?n=3"))
+s.settimeout(5)
+out = b""
+while out.count(b"HTTP/1.1 200") < 3 or not out.rstrip().endswith(b"}"):
+    d = s.recv(65536)
+    if not d: break
+    out += d
+sys.stdout.write(out.decode())
+]], tostring(port) }
+    local out = r.stdout
+    local q1, q3 = out:find('"query": "n=1"', 1, true), out:find('"query": "n=3"', 1, true)
+    expect(q1):truthy()
+    expect(q3):gt(q1)
+    expect(out).never:contains('"query": "n=2"') -- HEAD: headers only
+    local _, n = out:gsub("HTTP/1.1 200", "")
+    expect(n):equals(3)
+  end)
+
+  it("carries chunked uploads, 100-continue and large bodies both ways", function()
+    local port = start({ allow = { "example.test" }, overrides = fx.overrides(plain.port) })
+    local r = fx.curl{ proxy_port = port, url = "http://example.test/echo", method = "POST",
+                       headers = { "Transfer-Encoding: chunked" }, data = "chunked-body" }
+    expect(r.json.body):equals("chunked-body")
+    local big = string.rep("0123456789abcdef", 2 * 65536) -- 2 MiB: curl sends Expect: 100-continue
+    local dir = fs.mkdtemp("/tmp/foundry-proxy-big-XXXXXX")
+    fs.write(dir .. "/big", big)
+    r = fx.curl{ proxy_port = port, url = "http://example.test/echo", method = "POST", data = "@" .. dir .. "/big" }
+    fs.rm(dir)
+    expect(r.status):equals(200)
+    expect(#r.json.body):equals(#big)
+    r = fx.curl{ proxy_port = port, url = "http://example.test/bytes?n=5000000" }
+    expect(#r.body):equals(5000000)
+  end)
+end)
+
 describe("addresses", function()
   local encodings = { "127.0.0.1", "2130706433", "0x7f000001", "017700000001", "0x7f.1", "127.1",
                       "0177.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
@@ -249,6 +291,22 @@ describe("inspection and credentials", function()
     expect(r.status):equals(200)
     expect(r.json.body):equals('{"token":"' .. string.rep("*", #SECRET) .. '"}')
     expect(r.json.headers["content-length"]):equals(tostring(#('{"token":"' .. SECRET .. '"}')))
+  end)
+
+  it("serves several requests over one inspected tunnel, upstream kept alive", function()
+    local port = start(gh_policy(tls.port))
+    local r = foundry.exec{ "curl", "-sS", "-m", "10", "-x", "http://127.0.0.1:" .. port, "--cacert", ca,
+      "https://api.github.com/echo?i=1", "https://api.github.com/bytes?n=300000", "https://api.github.com/echo?i=3" }
+    expect(r.status):equals(0)
+    expect(r.stdout):contains('"query": "i=1"')
+    expect(r.stdout):contains('"query": "i=3"')
+    expect(#r.stdout):gt(300000)
+    local connects, gets = 0, 0
+    for _, row in ipairs(rows) do
+      if row.method == "CONNECT" then connects = connects + 1 elseif row.method == "GET" then gets = gets + 1 end
+    end
+    expect(connects):equals(1)
+    expect(gets):equals(3)
   end)
 
   it("refuses a Host header that differs from the tunnel's host", function()
