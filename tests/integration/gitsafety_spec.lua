@@ -11,7 +11,6 @@ local net = dofile("tests/lib/net.lua")
 package.path = "tests/lib/?.lua;" .. package.path
 local pfx = require "proxy_fixtures"
 local fs = require "foundry.fs"
-local json = require "foundry.json"
 local uv = require "luv"
 
 local env, fx
