@@ -3264,6 +3264,8 @@ static void hook_body_complete(conn *c)
 		respond_error(c, 400, "the hook event is not a JSON object");
 		return;
 	}
+	/* the daemon audits the event it received (with its name): one row, not two */
+	x->active = 0;
 	respond_json(c, 200, "{\"ok\":true}\n", x->client_keepalive);
 	if (x->client_keepalive && !c->closing) {
 		c->msg_done = 0;
