@@ -113,6 +113,7 @@ describe("decisions", function()
   end)
 
   it("decides in under 2 µs at the 99th percentile with 1 000 rules", function()
+    if os.getenv("FOUNDRY_VALGRIND") == "1" then skip("a timing goal means nothing under valgrind") end
     local allow = {}
     for i = 1, 1000 do allow[i] = (i % 2 == 0) and ("host" .. i .. ".example.net") or ("*.svc" .. i .. ".example.org") end
     local big = policy.from_table({ allow = allow, deny = { "bad.example.net" } })
