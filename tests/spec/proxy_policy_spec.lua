@@ -168,6 +168,32 @@ end)
 describe("foundry policy", function()
   local bin = (os.getenv("FOUNDRY_BUILD") or "build") .. "/foundry"
 
+  it("explains a sandbox's recorded policy and reloads it through the daemon", { timeout = 30000 }, function()
+    local uv = require "luv"
+    local saved = os.getenv("FOUNDRY_HOME")
+    local home = fs.mkdtemp("/tmp/foundry-policy-home-XXXXXX")
+    uv.os_setenv("FOUNDRY_HOME", home)
+    local state = require "foundry.state"
+    local client = require "foundry.daemon_client"
+    local ok, err = pcall(function()
+      state.sandboxes.insert{ name = "pol1", state = "running", hook_token = "t", network = "allowlist",
+        data = { policy = { allow = { "a.test" } } } }
+      local r = foundry.exec{ bin, "policy", "explain", "pol1", "https://a.test/x" }
+      expect(r.status):equals(0)
+      expect(r.stdout):matches("allow%[1%]")
+      expect(foundry.exec{ bin, "policy", "reload" }.status):equals(1) -- no daemon yet
+      client.ensure()
+      r = foundry.exec{ bin, "policy", "reload", "pol1", "--json" }
+      expect(r.status):equals(0)
+      expect(require("foundry.json").decode(r.stdout).reloaded):equals({ "pol1" })
+    end)
+    pcall(client.stop, { timeout = 3000 })
+    state.close()
+    if saved then uv.os_setenv("FOUNDRY_HOME", saved) else uv.os_unsetenv("FOUNDRY_HOME") end
+    fs.rm(home)
+    if not ok then error(err, 0) end
+  end)
+
   it("checks files and explains decisions with exit codes", function()
     local dir = fs.mkdtemp("/tmp/foundry-policy-XXXXXX")
     fs.write(dir .. "/bad.lua", 'return { mode = "allowlist", alow = {} }')

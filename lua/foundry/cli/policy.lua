@@ -2,7 +2,7 @@
 local errors = require "foundry.errors"
 local json = require "foundry.json"
 
-local SUB = { "check", "explain", "ls", "show" }
+local SUB = { "check", "explain", "ls", "show", "reload" }
 
 local function out_json(v) io.stdout:write(json.encode(v), "\n") end
 
@@ -89,9 +89,32 @@ local function show(opts, args)
   return 0
 end
 
+-- Ask the daemon to give sandboxes their policy again (validated there; a policy that
+-- does not load keeps the old one, and the daemon's log says why).
+local function reload(opts, args)
+  local client = require "foundry.daemon_client"
+  if not client.running() then
+    errors.raise("daemon.not_running", "the daemon is not running: no sandbox has a proxy to reload",
+      "foundry daemon start")
+  end
+  local names = {}
+  if #args == 0 then
+    local r = client.call("reload", { all = true })
+    for _, n in ipairs(r.reloaded or {}) do names[#names + 1] = n end
+  else
+    for _, name in ipairs(args) do
+      local r = client.call("reload", { sandbox = name })
+      for _, n in ipairs(r.reloaded or {}) do names[#names + 1] = n end
+    end
+  end
+  if opts.json then out_json({ reloaded = json.array and json.array(names) or names }); return 0 end
+  io.stdout:write(#names > 0 and ("reloaded: " .. table.concat(names, ", ") .. "\n") or "no sandbox reloaded\n")
+  return 0
+end
+
 return {
   summary = "Check and explain network policies",
-  usage = "foundry policy check FILE | explain FILE|NAME|SANDBOX URL [METHOD] | ls | show NAME",
+  usage = "foundry policy check FILE | explain FILE|NAME|SANDBOX URL [METHOD] | ls | show NAME | reload [SANDBOX...]",
   description = [[
 A network policy decides what a sandbox may reach through the proxy (docs/policies.md).
 
@@ -99,7 +122,9 @@ A network policy decides what a sandbox may reach through the proxy (docs/polici
   explain FILE|SANDBOX URL [METHOD]
                               which rule decides a request, and why (exit 1 when denied)
   ls                          the shipped policies
-  show FILE|NAME|SANDBOX      the normalised policy the engine compiles]],
+  show FILE|NAME|SANDBOX      the normalised policy the engine compiles
+  reload [SANDBOX...]         give running sandboxes their policy again (all when none
+                              named); connections stay open, the next request obeys it]],
   flags = { { "json", help = "print the result as JSON" } },
   min_args = 1,
   order = 40,
@@ -114,6 +139,7 @@ A network policy decides what a sandbox may reach through the proxy (docs/polici
     if sub == "explain" then return explain(opts, args) end
     if sub == "ls" then return ls(opts) end
     if sub == "show" then return show(opts, args) end
+    if sub == "reload" then return reload(opts, args) end
     local near = require("foundry.util").did_you_mean(sub or "", SUB)
     errors.raise("usage", "policy: unknown subcommand '" .. tostring(sub) .. "'" .. (near and (" — did you mean '" .. near .. "'?") or ""),
       "subcommands: " .. table.concat(SUB, ", "))
