@@ -360,6 +360,25 @@ describe("gateways", function()
     expect(e.body).never:contains(ANTHROPIC)
   end)
 
+  it("uses the OAuth bearer for Anthropic when the policy says oauth, and OpenAI's bearer", function()
+    local OAUTH = "sk-ant-oat01-REAL-oauth-token-0123456789"
+    local OPENAI = "sk-REAL-openai-key-0123456789"
+    engine, rows, ca = fx.engine({ secrets = function(n)
+      return ({ CLAUDE_CODE_OAUTH_TOKEN = OAUTH, OPENAI_API_KEY = OPENAI })[n]
+    end })
+    engine:add_sandbox{ name = "s1", policy = { gateways = { anthropic = { oauth = true }, openai = true },
+                                               overrides = fx.overrides(tls.port) } }
+    local port = engine:listen_tcp{ sandbox = "s1" }
+    local r = fx.curl{ url = "http://127.0.0.1:" .. port .. "/_gw/anthropic/v1/messages",
+                       headers = { "Authorization: Bearer " .. proxy.placeholder("CLAUDE_CODE_OAUTH_TOKEN"), "x-api-key: junk" } }
+    expect(r.json.headers.authorization):equals("Bearer " .. string.rep("*", #OAUTH))
+    expect(r.json.headers["x-api-key"]):is_nil()
+    r = fx.curl{ url = "http://127.0.0.1:" .. port .. "/_gw/openai/v1/chat/completions", method = "POST", data = "{}" }
+    expect(r.json.path):equals("/v1/chat/completions")
+    expect(r.json.headers.host):equals("api.openai.com")
+    expect(r.json.headers.authorization):equals("Bearer " .. string.rep("*", #OPENAI))
+  end)
+
   it("says which secret is missing, and refuses unknown gateways", function()
     local port = start({ gateways = { openai = true }, overrides = fx.overrides(tls.port) })
     local r = fx.curl{ url = "http://127.0.0.1:" .. port .. "/_gw/openai/v1/models" }
