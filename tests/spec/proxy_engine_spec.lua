@@ -426,6 +426,29 @@ describe("on_request", function()
     expect(fx.curl{ proxy_port = port, url = "http://example.test/other" }.status):equals(200)
   end)
 
+  it("reads the body for the hook on a kept-alive connection with an idle upstream", function()
+    local port = start(hook_policy([[function(req) return req.body == "yes" and "allow" or "deny" end]]))
+    local r = foundry.exec{ "python3", "-c", [[
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(5)
+def ask(raw):
+    s.sendall(raw)
+    out = b""
+    while b"\r\n\r\n" not in out:
+        out += s.recv(65536)
+    head, body = out.split(b"\r\n\r\n", 1)
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < n:
+        body += s.recv(65536)
+    return head.split(b"\r\n")[0].decode()
+print(ask(b"GET http://example.test/other HTTP/1.1\r\nHost: example.test\r\n\r\n"))
+print(ask(b"POST http://example.test/hook/x HTTP/1.1\r\nHost: example.test\r\nContent-Length: 3\r\n\r\nyes"))
+print(ask(b"POST http://example.test/hook/x HTTP/1.1\r\nHost: example.test\r\nContent-Length: 2\r\n\r\nno"))
+]], tostring(port) }
+    expect(r.stdout):equals("HTTP/1.1 200 OK\nHTTP/1.1 200 OK\nHTTP/1.1 403 Forbidden\n")
+  end)
+
   it("contains a hook that loops forever or allocates without bound; the engine goes on", function()
     local port = start(hook_policy([[function(req)
       if req.path == "/hook/loop" then while true do end end
