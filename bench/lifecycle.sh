@@ -16,6 +16,7 @@ work=$(mktemp -d /tmp/foundry-bench-XXXXXX)
 export FOUNDRY_HOME=$work/home FOUNDRY_IMAGE=$IMAGE
 # private copies: a rebuild of build/ during the run must not pull the binary away
 mkdir -p "$work/bin" && cp "$BIN" "$(dirname "$BIN")/foundry-shim" "$work/bin/"
+[ -d "$(dirname "$BIN")/lib" ] && cp -r "$(dirname "$BIN")/lib" "$work/bin/"
 F=$work/bin/foundry
 cleanup() {
   "$F" rm -y --all --discard >/dev/null 2>&1 || true

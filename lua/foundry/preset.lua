@@ -36,7 +36,6 @@ local function map_of(e) return { map = e } end
 local function record(fields) return { record = fields } end
 local function one_of(...) return { one_of = { ... } } end
 
-local command = one_of("string", "function")
 local commands = one_of("string", "function", list_of(one_of("string", "function")))
 local mount = one_of("string", record({ source = "string", target = "string", read_only = "boolean" }))
 local stage = one_of("function", record({ run = "function", undo = "function", description = "string" }))

@@ -37,11 +37,6 @@ local function state() return require "foundry.state" end
 local remove_containers -- below, with destroy
 local function docker() return require "foundry.docker" end
 
-local function now_ms()
-  local s, us = uv.gettimeofday()
-  return s * 1000 + us // 1000
-end
-
 -- ------------------------------------------------------------------ names
 
 --- True when `name` can name a sandbox (and its branch and container).

@@ -31,7 +31,7 @@ function M.restore() return native.restore() end
 --- ends (return, error, task cancelled), and by the runtime at exit or on a crash.
 function M.with_raw(fd, fn, ...)
   native.raw(fd)
-  local guard <close> = setmetatable({}, { __close = function() native.restore() end })
+  local _ <close> = setmetatable({}, { __close = function() native.restore() end })
   return fn(...)
 end
 

@@ -1,4 +1,5 @@
 ---@meta
+-- luacheck: ignore
 -- LuaLS annotations for Foundry presets. Point your editor at lua/types (or the
 -- installed share/foundry/types) and annotate a preset file:
 --

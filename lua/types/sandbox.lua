@@ -1,4 +1,5 @@
 ---@meta
+-- luacheck: ignore
 -- LuaLS annotations for the sandbox API (`foundry.sandbox`, `foundry.stages`).
 
 ---@class foundry.SandboxSpec: foundry.Preset

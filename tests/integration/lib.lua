@@ -28,6 +28,12 @@ function L.setup()
   L.require_engine()
   local root = fs.mkdtemp("/tmp/foundry-it-XXXXXX")
   local env = { home = root .. "/home", repo = root .. "/repo", root = root }
+  -- private copies of the binaries: a rebuild of build/ meanwhile must not pull them away
+  local bindir = (uv.exepath():gsub(" %(deleted%)$", "")):match("^(.*)/")
+  fs.mkdir(root .. "/bin")
+  foundry.exec{ "cp", bindir .. "/foundry", bindir .. "/foundry-shim", root .. "/bin/", check = true }
+  if fs.is_dir(bindir .. "/lib") then foundry.exec{ "cp", "-r", bindir .. "/lib", root .. "/bin/", check = true } end
+  L.exe = root .. "/bin/foundry"
   setenv("FOUNDRY_HOME", env.home)
   setenv("FOUNDRY_IMAGE", L.IMAGE)
   setenv("FOUNDRY_PRESET_PATH", root .. "/presets")

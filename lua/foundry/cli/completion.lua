@@ -142,9 +142,6 @@ local function fish()
   local function w(...) for _, s in ipairs({ ... }) do o[#o + 1] = s end end
   w("# fish completion for foundry: foundry completion fish > ~/.config/fish/completions/foundry.fish\n")
   w("complete -c foundry -f\n")
-  local all = {}
-  for _, c in ipairs(cmds) do all[#all + 1] = c.name end
-  for a in pairs(ALIASES) do all[#all + 1] = a end
   for _, c in ipairs(cmds) do
     w("complete -c foundry -n __fish_use_subcommand -a ", c.name, " -d ", fish_escape(c.summary), "\n")
   end

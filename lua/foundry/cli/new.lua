@@ -1,7 +1,6 @@
 --- foundry new [REPO] [options]
 local errors = require "foundry.errors"
 local common = require "foundry.cli._common"
-local util = require "foundry.util"
 
 local NETWORKS = { "none", "allowlist", "host-only", "open" }
 
@@ -98,7 +97,12 @@ local function preset_of(spec)
   for _, k in ipairs({ "image", "network", "cpus", "memory", "pids", "workdir", "mounts", "copy", "env", "from" }) do
     p[k] = spec[k]
   end
-  if spec.preset then p.extends = spec.preset end
+  if spec.preset then
+    p.extends = spec.preset
+    if (p.extends:find("/", 1, true) or p.extends:match("%.lua$")) and not p.extends:match("^[/~]") then
+      p.extends = require("luv").cwd() .. "/" .. p.extends -- the saved file lives elsewhere
+    end
+  end
   if spec.repo then p.repo = require("foundry.sandbox").find_repo(spec.repo) end
   if p.mounts then
     local preset = require "foundry.preset"
