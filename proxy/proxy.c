@@ -2373,8 +2373,8 @@ static void run_hook(conn *c)
 
 /* A guard is trusted Lua (lua/foundry/guards.lua: git smart HTTP, the GitHub API) that
  * decides a request with its whole body and may take its time (it runs git on the host).
- * The engine asks guard_want(name, req) whether it wants a request: false, or the number
- * of body bytes it reads (nil - an error - refuses the request). The body is buffered,
+ * The engine asks guard_want(name, {method=, host=, port=, path=, query=}) whether it wants
+ * a request: false, or the number of body bytes it reads (nil - an error - refuses it). The body is buffered,
  * then guard(name, req, done) is called; done(verdict) may come later, from any task,
  * exactly once (a ticket dropped without a verdict answers 502). A verdict forwards the
  * request - {action="forward", remove_headers={...}, filter=bool, rule=, reason=} - or
@@ -2408,8 +2408,16 @@ static long long guard_wants(conn *c, const char *query, size_t qlen)
 	if (e->guard_want_ref == LUA_NOREF)
 		return -1;
 	lua_State *L = e->L;
+	exch *x = &c->x;
+	/* only what the question needs: this runs for every request a policy allowed */
 	lua_pushstring(L, c->sb->name);
-	push_request(L, c, query, qlen);
+	lua_createtable(L, 0, 5);
+	set_str(L, "method", x->method);
+	set_str(L, "host", x->host);
+	set_int(L, "port", x->port);
+	set_str(L, "path", x->path);
+	lua_pushlstring(L, query ? query : "", query ? qlen : 0);
+	lua_setfield(L, -2, "query");
 	call_lua(e, e->guard_want_ref, 2, 1);
 	long long n = -2;
 	if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
