@@ -23,7 +23,8 @@ M.DEFAULT_PORT = 7420
 
 local function csp(port)
   local ws = {}
-  for _, h in ipairs({ "127.0.0.1", "localhost", "[::1]" }) do ws[#ws + 1] = "ws://" .. h .. ":" .. port end
+  -- (an IPv6 literal is not a valid CSP source: [::1] relies on 'self')
+  for _, h in ipairs({ "127.0.0.1", "localhost" }) do ws[#ws + 1] = "ws://" .. h .. ":" .. port end
   return table.concat({
     "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "font-src 'self'",
     "connect-src 'self' " .. table.concat(ws, " "), "base-uri 'none'", "form-action 'none'",
@@ -182,6 +183,10 @@ function Console:_routes()
     local a = assets.own(p.file)
     if not a then return res:send(404, "not found\n", { ["content-type"] = "text/plain; charset=utf-8" }) end
     res:send(200, a.body, { ["content-type"] = a.type })
+  end)
+  r:add("GET", "/favicon.svg", function(_, res)
+    res:send(200, '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><path fill="#5aa9ff" ' ..
+      'd="M8 1l6 3.5v7L8 15l-6-3.5v-7z"/></svg>', { ["content-type"] = "image/svg+xml" })
   end)
   r:add("GET", "/api/info", function(_, res)
     local x, why = assets.xterm()

@@ -5,9 +5,15 @@
 --- login shell of its own. Browser -> sandbox: binary messages are keystrokes; text
 --- messages are JSON controls: {"type":"resize","rows":R,"cols":C} and {"type":"input",
 --- "data":"..."}. Sandbox -> browser: binary messages, the terminal's output after the
---- redaction engine (a secret split across two reads is still caught; what the engine
---- holds back is shown after 40 ms of quiet), and a final text message
---- {"type":"exit","code":N} when the process ends.
+--- redaction engine, and a final text message {"type":"exit","code":N} when the process
+--- ends.
+---
+--- The redaction stream holds back output that could be the beginning of a secret until
+--- the next bytes decide. A terminal cannot wait for ever, so what is held is shown after
+--- a quiet period: 40 ms when it is a few bytes (a prompt ending in "sk-" must not lag),
+--- 2 s once it is `HOLD_BYTES` or more — by then it is most likely a secret being printed
+--- slowly, and the rest will come. A secret printed in two parts more than 2 s apart, the
+--- first under 8 bytes long, is not caught.
 local task = require "foundry._task"
 local errors = require "foundry.errors"
 local json = require "foundry.json"
@@ -15,8 +21,11 @@ local util = require "foundry.util"
 
 local M = {}
 
---- How long output the redactor holds back may wait before it is shown anyway.
+--- How long output the redactor holds back may wait before it is shown anyway: short
+--- holds, and holds of HOLD_BYTES or more.
 M.FLUSH_MS = 40
+M.HOLD_MS = 2000
+M.HOLD_BYTES = 8
 
 local function clamp(n, lo, hi, default)
   n = math.tointeger(tonumber(n))
@@ -63,7 +72,8 @@ function M.bridge(ws, sb, opts)
 
   local reader = task.spawn(function()
     while true do
-      local ok, chunk = pcall(ex.read, ex, stream:pending() > 0 and M.FLUSH_MS or nil)
+      local held = stream:pending()
+      local ok, chunk = pcall(ex.read, ex, held >= M.HOLD_BYTES and M.HOLD_MS or held > 0 and M.FLUSH_MS or nil)
       if not ok then
         if errors.is(chunk, "timeout") then
           local out = stream:flush()

@@ -452,12 +452,12 @@ function logsPane(el, ctx, setCount) {
     if (e.kind === "stage") {
       var m = { start: "started", done: "✓ done", skip: "– skipped", fail: "✗ failed", note: "", undo: "↶ undone",
                 undo_fail: "✗ undo failed" }[d.event] || d.event;
-      var text = (d.stage || "?") + " " + m + (d.ms !== undefined ? " in " + dur(d.ms) : "") +
+      var text = (d.stage || "?") + (m ? " " + m : "") + (d.ms !== undefined ? " in " + dur(d.ms) : "") +
         (d.reason ? ": " + d.reason : "") + (d.error ? ": " + (d.error.message || d.error.code) : "") +
-        (d.message ? (m ? ": " : ": ") + d.message : "");
-      return { kind: "stage", cls: d.event, text: text };
+        (d.message ? ": " + d.message : "");
+      return { kind: "stage", cls: "ev-" + d.event, text: text };
     }
-    if (e.kind === "log") return { kind: e.stream || "log", cls: e.stream, text: (e.text || "").replace(/\n$/, "") };
+    if (e.kind === "log") return { kind: e.stream || "log", cls: "ev-" + (e.stream || "log"), text: (e.text || "").replace(/\n$/, "") };
     return { kind: e.kind, cls: "", text: JSON.stringify(d) };
   }
   function matches(row) {
@@ -505,7 +505,7 @@ function loadXterm() {
 function terminalPane(el, ctx) {
   var mode = h("select", null, h("option", { value: "agent", text: "agent session (tmux)" }),
     h("option", { value: "shell", text: "new shell" }));
-  var status = h("span", { class: "muted", text: "not connected" });
+  var status = h("span", { class: "muted term-status", text: "not connected" });
   var connectBtn = h("button", { class: "small", onclick: function () { connect(); } }, "Connect");
   var wrap = h("div", { class: "term-wrap" });
   el.appendChild(h("div", { class: "pane-bar" }, h("b", { text: "Terminal" }), mode, connectBtn, status,

@@ -8,6 +8,7 @@ return [==[
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>Foundry console</title>
+<link rel="icon" href="/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/assets/app.css">
 <link rel="stylesheet" href="/assets/xterm.css">
 <script defer src="/assets/app.js"></script>

@@ -41,6 +41,8 @@ main { padding: 20px 24px 0; }
 main.with-hud { padding-bottom: calc(var(--hud-h) + 16px); }
 h1 { font-size: 20px; margin: 0; font-weight: 600; }
 h2 { font-size: 15px; margin: 22px 0 10px; font-weight: 600; }
+.card > h2:first-child { margin-top: 0; }
+main > .row:first-child { margin-bottom: 14px; }
 .row { display: flex; align-items: center; gap: 10px; flex-wrap: wrap; }
 .card { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; }
 .banner { background: #3a1d1d; border: 1px solid #6e2b2b; color: #ffb4ae; border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
@@ -120,9 +122,10 @@ form.create .buttons { grid-column: 1 / -1; display: flex; gap: 8px; }
 .logline:hover { background: #141920; }
 .logline .t { color: var(--muted); flex: none; }
 .logline .k { flex: none; width: 70px; color: var(--violet); overflow: hidden; text-overflow: ellipsis; }
-.logline.fail .m, .logline.stderr .m { color: var(--red); }
-.logline.done .m { color: var(--green); }
-.logline.skip .m, .logline.note .m { color: var(--muted); }
+.logline.ev-fail .m, .logline.ev-undo_fail .m, .logline.ev-stderr .m { color: var(--red); }
+.logline.ev-done .m { color: var(--green); }
+.logline.ev-skip .m, .logline.ev-note .m { color: var(--muted); }
+.logline.ev-undo .m { color: var(--amber); }
 
 .term-wrap { flex: 1; min-height: 0; padding: 6px 8px; background: #0b0e12; }
 .term-wrap .terminal { height: 100%; }
