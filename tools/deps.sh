@@ -10,6 +10,8 @@ pkgs=(
   docker.io debootstrap iproute2 procps valgrind lua-check
   socat  # bench/shim.sh: the reference bridge the shim is measured against
   clang  # tests/fuzz/run_proxy.sh: libFuzzer targets for the proxy's parsers
+  node-xterm  # the web console's terminal: xterm.js, served from the system (libjs-xterm's is a stub)
+  chromium  # tests/integration/web_spec.lua: the console in a headless browser
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -4,7 +4,6 @@
 -- created and removed through the API, leaving no trace.
 local L = dofile("tests/integration/lib.lua")
 L.skip = skip
-local fs = require "foundry.fs"
 local json = require "foundry.json"
 local W = dofile("tests/lib/web.lua")
 
@@ -202,6 +201,25 @@ describe("the page in a browser", function()
       { eval = tab("File Changes") },
       { wait = "document.querySelectorAll('.diff-file').length > 0" },
       { shot = shots .. "/hud-changes.png" },
+      { eval = tab("Editor") },
+      { wait = "Array.from(document.querySelectorAll('.tree .item')).some(i => i.textContent === 'README.md')" },
+      { eval = "Array.from(document.querySelectorAll('.tree .item')).find(i => i.textContent === 'README.md').click() || true" },
+      { wait = "(document.querySelector('.edit-area textarea') || {}).value !== undefined" },
+      { eval = "var t = document.querySelector('.edit-area textarea'); t.value += 'saved from the browser\\n'; " ..
+          "t.dispatchEvent(new Event('input')); " ..
+          "Array.from(document.querySelectorAll('button')).find(b => b.textContent === 'Save').click() || true" },
+      { wait = "Array.from(document.querySelectorAll('.toast')).some(t => t.textContent.startsWith('saved README.md'))" },
+      { shot = shots .. "/hud-editor.png" },
+      { eval = tab("Chat") },
+      { wait = "document.querySelector('.composer textarea') !== null" },
+      { eval = "var c = document.querySelector('.composer textarea'); c.value = 'echo hello-from-chat'; " ..
+          "document.querySelector('.composer button').click() || true" },
+      { wait = "Array.from(document.querySelectorAll('.msg.user')).some(m => m.textContent.includes('hello-from-chat'))" },
+      { wait = "document.querySelector('.screen pre').textContent.includes('hello-from-chat')", timeout = 15 },
+      { shot = shots .. "/hud-chat.png" },
+      { eval = tab("Audit") },
+      { wait = "document.querySelectorAll('table.audit tbody tr').length > 0" },
+      { shot = shots .. "/hud-audit.png" },
       { eval = "document.querySelector('.sb-head h1').textContent + ' ' + document.querySelector('.sb-head .badge').textContent" },
       { ["goto"] = W.base .. "/" },
       { wait = "document.querySelectorAll('tbody tr td.name-cell').length > 0" },
@@ -221,5 +239,6 @@ describe("the page in a browser", function()
     expect(out.results[#out.results]):equals("web running")
     local sb = require("foundry.sandbox").get("web")
     expect(sb:sh("cat /tmp/from-browser").stdout):equals("browser-was-here\n")
+    expect(sb:sh("tail -n 1 /workspace/README.md").stdout):equals("saved from the browser\n")
   end)
 end)

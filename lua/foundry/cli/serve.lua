@@ -19,8 +19,10 @@ everything it shows, terminal output included: unlock the vault first
 secrets are known to the redactor.]],
   flags = {
     { "port", short = "p", type = "number", arg = "N", help = "the port (default 7420; 0: any free port)" },
-    { "host", type = "string", arg = "ADDR", help = "the address to listen on (default 127.0.0.1; others expose the console to the network)" },
-    { "repo", type = "string", arg = "PATH", complete = "dirs", help = "the default repository for sandboxes created in the console (default: the one around the current directory)" },
+    { "host", type = "string", arg = "ADDR",
+      help = "the address to listen on (default 127.0.0.1; others expose the console to the network)" },
+    { "repo", type = "string", arg = "PATH", complete = "dirs",
+      help = "the default repository for sandboxes made in the console (default: the current directory's)" },
     { "open", help = "open the console in the browser (xdg-open)" },
     { "json", help = "print {url=, port=, host=, pid=} as one JSON line when listening" },
   },

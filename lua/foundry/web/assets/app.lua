@@ -1,3 +1,4 @@
+-- luacheck: no max line length
 -- The console's script: plain JavaScript, no framework, no build step. Every piece of
 -- data becomes DOM text (textContent), never markup, so nothing a sandbox writes can run
 -- in the console's page.
@@ -763,6 +764,15 @@ function editorPane(el, ctx) {
 
 // ------------------------------------------------------------------ Audit
 
+// "path=README.md bytes=35" from an audit row's data
+function summary(d) {
+  if (!d || typeof d !== "object") return d ? String(d) : "";
+  return Object.keys(d).sort().map(function (k) {
+    var v = d[k];
+    return k + "=" + (typeof v === "object" ? JSON.stringify(v) : String(v));
+  }).join(" ");
+}
+
 function auditPane(el, ctx, setCount) {
   var tbody = h("tbody");
   var only = h("select", { onchange: refilter }, h("option", { value: "", text: "every decision" }),
@@ -789,7 +799,7 @@ function auditPane(el, ctx, setCount) {
         h("td", { class: "mono", text: r.host || "" }),
         h("td", { class: "mono", text: r.path || "" }),
         h("td", { text: r.rule || "" }),
-        h("td", { class: "muted", text: r.reason || (r.status ? String(r.status) : "") }));
+        h("td", { class: "muted", text: r.reason || summary(r.data) || (r.status ? String(r.status) : "") }));
       if (only.value && r.decision !== only.value) tr.classList.add("hidden");
       var atBottom = scroller.scrollTop + scroller.clientHeight >= scroller.scrollHeight - 30;
       tbody.appendChild(tr);
