@@ -406,3 +406,33 @@ describe("assets", function()
     end
   end)
 end)
+
+describe("foundry serve", function()
+  local net = dofile("tests/lib/net.lua")
+  after_each(function() net.cleanup() end)
+
+  it("prints its URL as JSON, serves it, and stops cleanly on SIGTERM", { timeout = 30000 }, function()
+    local p = net.start({ uv.exepath(), "serve", "--port", "0", "--json" }, { env = { FOUNDRY_HOME = home .. "/home" } })
+    local line = net.eventually(function() return p:stdout():match("^[^\n]+\n") end, 10000)
+    expect(line).never:equals(nil)
+    local info = json.decode(line)
+    expect(info.url):matches("^http://127%.0%.0%.1:%d+/%?token=%x+$")
+    expect(#info.url:match("token=(%x+)")):equals(64)
+    expect(info.pid):equals(p.pid)
+    local r = foundry.exec{ "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", info.url }
+    expect(r.stdout):equals("303")
+    r = foundry.exec{ "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", info.base_url }
+    expect(r.stdout):equals("401")
+    p:kill("sigterm")
+    local status = p:wait(10000)
+    expect(status):equals(0)
+  end)
+
+  it("refuses a port in use when it was asked for, with a hint", { timeout = 30000 }, function()
+    local r = foundry.exec{ uv.exepath(), "serve", "--port", tostring(W.console.port), env = { FOUNDRY_HOME = home .. "/home" },
+      timeout = 20000 }
+    expect(r.status):equals(1)
+    expect(r.stderr):contains("cannot listen on 127.0.0.1:" .. W.console.port)
+    expect(r.stderr):contains("--port")
+  end)
+end)

@@ -22,6 +22,7 @@ local data = require "foundry.web.data"
 local M = {}
 
 M.interval_ms = 500
+M.detail_ms = 1000   -- the watched sandbox's detail asks the engine for its container
 M.fleet_ms = 2000
 M.heartbeat_ms = 15000
 
@@ -45,7 +46,7 @@ function M.serve(req, res, console)
   end
   if not res:write("retry: 2000\n\n") then return end
   local last_fleet, last_detail = nil, nil
-  local last_fleet_at, last_beat = -math.huge, 0
+  local last_fleet_at, last_detail_at, last_beat = -math.huge, -math.huge, 0
   local clock = 0
   local gone = false
   while not res:closed() and not console.closing do
@@ -68,10 +69,14 @@ function M.serve(req, res, console)
       end
     end
     if name and not gone then
-      local ok, d = pcall(data.detail, name)
+      local ok, d = true, nil
+      if clock - last_detail_at >= M.detail_ms then
+        last_detail_at = clock
+        ok, d = pcall(data.detail, name)
+      end
       if ok then
-        local enc = json.encode(d)
-        if enc ~= last_detail then
+        local enc = d and json.encode(d)
+        if enc and enc ~= last_detail then
           last_detail = enc
           out[#out + 1] = "event: sandbox\ndata: " .. enc .. "\n\n"
         end
