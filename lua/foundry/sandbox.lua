@@ -766,11 +766,18 @@ end
 ---@return foundry.Sandbox[]
 function M.list(opts)
   opts = opts or {}
+  -- ask the engine first: it answers while the database is read
+  local engine
+  if opts.live then
+    engine = require("foundry._task").spawn(function()
+      return docker().containers({ labels = { ["dev.foundry.home"] = paths.state() } })
+    end)
+  end
   local out = {}
   for _, row in ipairs(state().sandboxes.list()) do out[#out + 1] = from_row(row) end
-  if opts.live and #out > 0 then
+  if engine then
     local by_id = {}
-    local ok, cs = pcall(docker().containers, { labels = { ["dev.foundry.home"] = paths.state() } })
+    local ok, cs = pcall(engine.join, engine)
     if ok then
       for _, c in ipairs(cs) do by_id[c.id] = c.state end
       for _, sb in ipairs(out) do sb.live = sb.container_id and by_id[sb.container_id] or "missing" end
