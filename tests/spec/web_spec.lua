@@ -436,3 +436,36 @@ describe("foundry serve", function()
     expect(r.stderr):contains("--port")
   end)
 end)
+
+describe("the HTTP server", function()
+  local net = dofile("tests/lib/net.lua")
+  local function raw(data)
+    local s = net.tcp_connect("127.0.0.1", W.console.port)
+    s:write(data)
+    local out = s:read_all(10000)
+    s:close()
+    return out
+  end
+  local function host() return "Host: 127.0.0.1:" .. W.console.port .. "\r\n" end
+  local auth = function() return "Authorization: Bearer " .. W.token .. "\r\n" end
+
+  it("answers malformed input with 400 and closes", function()
+    expect(raw("NOT HTTP AT ALL\r\n\r\n")):matches("^HTTP/1%.1 400 ")
+    expect(raw("GET / HTTP/1.1\r\n" .. host() .. host() .. "\r\n")):matches("^HTTP/1%.1 400 ")
+  end)
+
+  it("answers a body over the limit with 413 before reading it", function()
+    local out = raw("PUT /api/sandboxes/alpha/files?path=x HTTP/1.1\r\n" .. host() .. auth() ..
+      "Content-Type: application/json\r\nContent-Length: 99999999\r\n\r\n{")
+    expect(out):matches("^HTTP/1%.1 413 ")
+  end)
+
+  it("answers pipelined requests in order on one connection", function()
+    local req = "GET /api/sandboxes/alpha HTTP/1.1\r\n" .. host() .. auth() .. "\r\n"
+    local out = raw(req .. req:gsub("/alpha", "/nosuch") .. "GET /api/info HTTP/1.1\r\n" .. host() .. auth() ..
+      "Connection: close\r\n\r\n")
+    local statuses = {}
+    for st in out:gmatch("HTTP/1%.1 (%d+) ") do statuses[#statuses + 1] = tonumber(st) end
+    expect(statuses):equals({ 200, 404, 200 })
+  end)
+end)

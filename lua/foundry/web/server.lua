@@ -124,6 +124,7 @@ end
 -- The socket's bytes: HTTP requests until an upgrade, then WebSocket frames.
 function Conn:on_data(data)
   if self.ws then return self.ws:_feed(data) end
+  if self.bad then return end -- the answer to malformed input is on its way
   local ok, reqs, rest, cont = pcall(self.parser.feed, self.parser, data)
   if not ok then
     self.bad = reqs
