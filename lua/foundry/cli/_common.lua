@@ -103,9 +103,19 @@ function M.each(names, opts, fn)
     if opts.json then M.json(res) end
     return 0
   end
+  -- up to four at a time: most of the work is waiting for the engine and the disk
+  local outcomes = {}
+  local task = require "foundry._task"
+  for first = 1, #names, 4 do
+    local batch = {}
+    for i = first, math.min(first + 3, #names) do
+      batch[#batch + 1] = { i, task.spawn(fn, names[i]) }
+    end
+    for _, b in ipairs(batch) do outcomes[b[1]] = table.pack(pcall(b[2].join, b[2])) end
+  end
   local results, failed, missing = {}, false, false
-  for _, name in ipairs(names) do
-    local ok, res = pcall(fn, name)
+  for i, name in ipairs(names) do
+    local ok, res = outcomes[i][1], outcomes[i][2]
     if ok then
       results[#results + 1] = res or { name = name, ok = true }
     else
