@@ -598,6 +598,8 @@ typedef struct {
 	int mkdirs;
 	int has_if;
 	int exclusive;   /* write: refuse to replace an existing file */
+	unsigned char rnd[6]; /* write: the temporary file's name, drawn on the loop thread (OpenSSL's
+			       * per-thread random state would outlive the pool's threads) */
 	unsigned char if_sha[32];
 	/* results */
 	int err;         /* errno of the failure, 0 when none */
@@ -911,10 +913,10 @@ static void fs_write_work(fsop *op)
 	}
 	char tmp[64];
 	int fd = -1;
+	const unsigned char *rnd = op->rnd;
 	for (int tries = 0; tries < 16 && fd < 0; tries++) {
-		unsigned char rnd[6];
-		RAND_bytes(rnd, sizeof rnd);
-		snprintf(tmp, sizeof tmp, ".foundry-edit-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+		snprintf(tmp, sizeof tmp, ".foundry-edit-%02x%02x%02x%02x%02x%02x-%d", rnd[0], rnd[1], rnd[2], rnd[3],
+			 rnd[4], rnd[5], tries);
 		fd = openat(wd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (fd < 0 && errno != EEXIST)
 			break;
@@ -1091,6 +1093,10 @@ static int l_fs_write(lua_State *L)
 	if (!op)
 		return luaL_error(L, "web.fs_write: out of memory");
 	op->write = 1;
+	if (RAND_bytes(op->rnd, sizeof op->rnd) != 1) {
+		free(op);
+		return fdr_error(L, "web.crypto", NULL, "no random bytes for a temporary name");
+	}
 	if (!lua_isnoneornil(L, 4)) {
 		luaL_checktype(L, 4, LUA_TTABLE);
 		lua_getfield(L, 4, "mkdirs");
