@@ -25,6 +25,7 @@ M.interval_ms = 500
 M.detail_ms = 1000   -- the watched sandbox's detail asks the engine for its container
 M.fleet_ms = 2000
 M.heartbeat_ms = 15000
+M.appear_ms = 15000  -- how long a watched sandbox may take to appear before it is "gone"
 
 local function int(v)
   local n = math.tointeger(tonumber(v))
@@ -95,7 +96,8 @@ function M.serve(req, res, console)
           for _, r in ipairs(crows) do out[#out + 1] = event("chat", r) end
           cur.chat = ccur
         end
-      elseif errors.is(d, "sandbox.not_found") then
+      elseif errors.is(d, "sandbox.not_found") and (last_detail or clock >= M.appear_ms) then
+        -- (a sandbox the console just started creating may not have its row yet)
         gone = true
         out[#out + 1] = event("sandbox", { name = name, gone = true })
       end
