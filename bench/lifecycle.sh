@@ -52,17 +52,18 @@ cd "$repo"
 "$F" new -d -n warm >/dev/null 2>&1; "$F" rm -y warm >/dev/null
 docker run -d --rm --label foundry.bench=1 "$IMAGE" true >/dev/null || true
 
-new_t=(); ref_t=(); rm_t=(); refrm_t=()
+new_t=(); ref_t=(); rm_t=(); refrm_t=(); wt_t=(); run_t=()
 for i in $(seq 1 "$RUNS"); do
   t0=$(ms); "$F" new -d -n "b$i" >/dev/null 2>&1; t1=$(ms)
   new_t+=($((t1 - t0)))
   t0=$(ms)
   git -C "$repo" worktree add -q -b "ref$i" "$work/wt$i"
+  tw=$(ms)
   docker run -d --label foundry.bench=1 --read-only --tmpfs /tmp --network none --cap-drop ALL \
     --security-opt no-new-privileges --user 1000:1000 --pids-limit 1024 --memory 4g --cpus 2 \
     -v "$work/wt$i:/workspace" "$IMAGE" sleep infinity >/dev/null
   t1=$(ms)
-  ref_t+=($((t1 - t0)))
+  ref_t+=($((t1 - t0))); wt_t+=($((tw - t0))); run_t+=($((t1 - tw)))
   t0=$(ms); "$F" rm -y "b$i" >/dev/null; t1=$(ms)
   rm_t+=($((t1 - t0)))
   t0=$(ms)
@@ -78,6 +79,8 @@ refrm_m=$(printf '%s\n' "${refrm_t[@]}" | median)
 echo "== create (median of $RUNS, ms): foundry new -d ${new_m}  |  git worktree add + docker run -d ${ref_m}  |  ratio $(awk -v a="$new_m" -v b="$ref_m" 'BEGIN { printf "%.2f", a / b }') (goal <= 1.20)"
 echo "   foundry new:        ${new_t[*]}"
 echo "   worktree + run:     ${ref_t[*]}"
+echo "     git worktree add: ${wt_t[*]}"
+echo "     docker run -d:    ${run_t[*]}"
 echo "== remove (median, ms): foundry rm -y ${rm_m}  |  docker rm -f + git worktree remove ${refrm_m}"
 
 echo "== foundry ls with $NLS sandboxes"

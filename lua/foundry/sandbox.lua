@@ -332,7 +332,17 @@ function Sandbox:exec(spec)
   local env = util.copy(self:env())
   for k, v in pairs(spec.env or {}) do env[k] = v end
   s.env = env
-  return c:exec(s)
+  local ok, r = pcall(c.exec, c, s)
+  if ok then return r end
+  if errors.is(r, "docker.conflict") or errors.is(r, "docker.not_found") then
+    local live = self:live_state()
+    if live ~= "running" then
+      errors.raise(live == "missing" and "sandbox.missing" or "sandbox.stopped",
+        "sandbox '" .. self.name .. "' is " .. (live == "missing" and "missing its container" or "stopped"),
+        live == "missing" and ("remove it: foundry rm " .. self.name .. " (or foundry prune)") or ("start it: foundry start " .. self.name))
+    end
+  end
+  error(r, 0)
 end
 
 --- Run a shell script (bash -l when the image has bash) in the workspace; raises
