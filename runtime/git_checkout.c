@@ -49,14 +49,18 @@ struct op_checkout {
 	struct cdir *dirs;
 	size_t ndirs, capdirs;
 	gv *submodules, *filters;
-	/* the writers */
+	/* the writers claim chunks: runs of entries in one directory */
 	int dirfd;
+	size_t *chunks;  /* start index of each chunk, then nents */
+	size_t nchunks;
 	atomic_size_t next;
 	pthread_mutex_t mu;
 	atomic_int failed;
 };
 
-#define BATCH 64
+/* Most a thread writes before claiming again; a directory's files stay with one thread
+ * up to this, so two threads rarely wait on one directory's lock. */
+#define CHUNK 256
 
 static void add_entry(struct op_checkout *op, const char *path, unsigned mode, const git_oid *id)
 {
@@ -245,11 +249,10 @@ static void *writer(void *arg)
 		return NULL;
 	}
 	for (;;) {
-		size_t start = atomic_fetch_add(&op->next, BATCH);
-		if (start >= op->nents || op->failed || atomic_load(&op->base.cancelled))
+		size_t c = atomic_fetch_add(&op->next, 1);
+		if (c >= op->nchunks || op->failed || atomic_load(&op->base.cancelled))
 			break;
-		size_t end = start + BATCH < op->nents ? start + BATCH : op->nents;
-		for (size_t i = start; i < end; i++)
+		for (size_t i = op->chunks[c]; i < op->chunks[c + 1]; i++)
 			if (write_entry(op, odb, &op->ents[i]) < 0)
 				break;
 	}
@@ -257,6 +260,32 @@ static void *writer(void *arg)
 	git_repository_free(repo);
 	git_error_clear();
 	return NULL;
+}
+
+static size_t dir_len(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? (size_t)(slash - path) : 0;
+}
+
+static void make_chunks(struct op_checkout *op)
+{
+	op->chunks = gx_malloc((op->nents + 1) * sizeof *op->chunks);
+	op->nchunks = 0;
+	size_t start = 0;
+	for (size_t i = 0; i <= op->nents; i++) {
+		int cut = i == op->nents || i - start >= CHUNK;
+		if (!cut && i > start) {
+			const char *a = op->ents[start].path, *b = op->ents[i].path;
+			size_t la = dir_len(a);
+			cut = la != dir_len(b) || memcmp(a, b, la) != 0;
+		}
+		if (cut && i > start) {
+			op->chunks[op->nchunks++] = start;
+			start = i;
+		}
+	}
+	op->chunks[op->nchunks] = op->nents;
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -399,11 +428,12 @@ static void run_fast(struct op_checkout *op)
 			goto out;
 		}
 	double t2 = now_ms();
+	make_chunks(op);
 	size_t nthreads = op->threads > 0 ? (size_t)op->threads : uv_available_parallelism();
 	if (nthreads > 8)
 		nthreads = 8;
-	if (nthreads > op->nents / BATCH + 1)
-		nthreads = op->nents / BATCH + 1;
+	if (nthreads > op->nchunks)
+		nthreads = op->nchunks ? op->nchunks : 1;
 	pthread_t tids[8];
 	size_t started = 0;
 	for (size_t i = 1; i < nthreads; i++)
@@ -483,6 +513,7 @@ static void destroy_checkout(gop *o)
 	for (size_t i = 0; i < op->nents; i++)
 		free(op->ents[i].path);
 	free(op->ents);
+	free(op->chunks);
 	for (size_t i = 0; i < op->ndirs; i++)
 		free(op->dirs[i].path);
 	free(op->dirs);

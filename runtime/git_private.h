@@ -95,6 +95,7 @@ int opt_bool(lua_State *L, const char *what, const char *key, int def);
  * absent. */
 char **opt_strv(lua_State *L, const char *what, const char *key, int copy);
 void strv_free(char **v);
+size_t strv_len(char **v);
 
 /* ---- sets of object ids ---- */
 

@@ -284,26 +284,61 @@ static void build_push(struct build *b, const git_oid *id)
 	b->n++;
 }
 
-static int walk_tree(struct build *b, const git_oid *tid)
+/* Trees and commits are parsed from their raw bytes: no git_tree or git_commit is
+ * built, which more than halves the time of a walk over a long history. */
+static int walk_tree(struct build *b, git_odb *odb, const git_oid *tid)
 {
 	if (!oidset_put(&b->seen, tid, (uint32_t)b->n + 1))
 		return 0;
 	build_push(b, tid);
-	git_tree *t = NULL;
-	int rc = git_tree_lookup(&t, b->repo, tid);
+	git_odb_object *obj = NULL;
+	int rc = git_odb_read(&obj, odb, tid);
 	if (rc < 0)
 		return gop_git_fail(b->op, rc, "read tree");
-	size_t n = git_tree_entrycount(t);
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		const git_tree_entry *e = git_tree_entry_byindex(t, i);
-		const git_oid *eid = git_tree_entry_id(e);
-		git_object_t ty = git_tree_entry_type(e);
-		if (ty == GIT_OBJECT_TREE)
-			rc = walk_tree(b, eid);
-		else if (ty == GIT_OBJECT_BLOB && oidset_put(&b->seen, eid, (uint32_t)b->n + 1))
-			build_push(b, eid);
+	if (git_odb_object_type(obj) != GIT_OBJECT_TREE) {
+		git_odb_object_free(obj);
+		gop_fail(b->op, "git.corrupt", NULL, "a tree entry names an object that is not a tree");
+		return -1;
 	}
-	git_tree_free(t);
+	const unsigned char *p = git_odb_object_data(obj);
+	const unsigned char *end = p + git_odb_object_size(obj);
+	while (p < end && rc == 0) {
+		unsigned mode = 0;
+		while (p < end && *p >= '0' && *p <= '7')
+			mode = mode * 8 + (unsigned)(*p++ - '0');
+		const unsigned char *nul = memchr(p, 0, (size_t)(end - p));
+		if (!nul || nul + 21 > end || *p != ' ') {
+			gop_fail(b->op, "git.corrupt", NULL, "malformed tree");
+			rc = -1;
+			break;
+		}
+		git_oid id;
+		memcpy(id.id, nul + 1, 20);
+		p = nul + 21;
+		if (mode == 040000)
+			rc = walk_tree(b, odb, &id);
+		else if (mode != 0160000 && oidset_put(&b->seen, &id, (uint32_t)b->n + 1))
+			build_push(b, &id);
+	}
+	git_odb_object_free(obj);
+	return rc;
+}
+
+static int commit_tree(git_odb *odb, const git_oid *id, git_oid *tree)
+{
+	git_odb_object *obj = NULL;
+	int rc = git_odb_read(&obj, odb, id);
+	if (rc < 0)
+		return rc;
+	const char *d = git_odb_object_data(obj);
+	size_t n = git_odb_object_size(obj);
+	rc = -1;
+	if (git_odb_object_type(obj) == GIT_OBJECT_COMMIT && n >= 46 && memcmp(d, "tree ", 5) == 0 &&
+	    git_oid_fromstrn(tree, d + 5, 40) == 0)
+		rc = 0;
+	else
+		git_error_set_str(GIT_ERROR_OBJECT, "malformed commit");
+	git_odb_object_free(obj);
 	return rc;
 }
 
@@ -311,16 +346,20 @@ static int walk_tree(struct build *b, const git_oid *tid)
 static int enumerate(struct build *b, const git_oid *tip, const git_oid *hide)
 {
 	git_revwalk *w = NULL;
-	int rc = git_revwalk_new(&w, b->repo);
+	git_odb *odb = NULL;
+	int rc = git_repository_odb(&odb, b->repo);
+	if (rc == 0)
+		rc = git_revwalk_new(&w, b->repo);
 	if (rc == 0)
 		rc = git_revwalk_push(w, tip);
 	if (rc == 0 && hide)
 		rc = git_revwalk_hide(w, hide);
 	if (rc < 0) {
 		git_revwalk_free(w);
+		git_odb_free(odb);
 		return gop_git_fail(b->op, rc, "walk history");
 	}
-	git_oid id;
+	git_oid id, tree;
 	while ((rc = git_revwalk_next(&id, w)) == 0) {
 		if (atomic_load(&b->op->cancelled)) {
 			gop_fail(b->op, "cancelled", NULL, "cancelled");
@@ -330,17 +369,15 @@ static int enumerate(struct build *b, const git_oid *tip, const git_oid *hide)
 		if (!oidset_put(&b->seen, &id, (uint32_t)b->n + 1))
 			continue;
 		build_push(b, &id);
-		git_commit *c = NULL;
-		if ((rc = git_commit_lookup(&c, b->repo, &id)) < 0) {
+		if ((rc = commit_tree(odb, &id, &tree)) < 0) {
 			gop_git_fail(b->op, rc, "read commit");
 			break;
 		}
-		rc = walk_tree(b, git_commit_tree_id(c));
-		git_commit_free(c);
-		if (rc < 0)
+		if ((rc = walk_tree(b, odb, &tree)) < 0)
 			break;
 	}
 	git_revwalk_free(w);
+	git_odb_free(odb);
 	if (rc == GIT_ITEROVER)
 		return 0;
 	return rc < 0 ? rc : 0;

@@ -366,6 +366,9 @@ function M.create(spec)
   if not git().valid_branch(branch) then
     errors.raise("git.invalid_branch", "'" .. branch .. "' is not a valid branch name", "see git check-ref-format")
   end
+  local t_start = uv.hrtime()
+  local timings = {}
+  local function mark(what, t0) timings[what] = (uv.hrtime() - t0) // 1000000 end
   local undo = {}
   local function rollback()
     for i = #undo, 1, -1 do pcall(undo[i]) end
@@ -409,23 +412,17 @@ function M.create(spec)
       if not seen[r.ref] then seen[r.ref] = true; holds[#holds + 1] = { ref = r.ref, id = r.id } end
     end
     -- uncommitted changes matter when the base is what the source has checked out
-    local changes
     local on_base = src.workdir and not src.bare and src.head and src.head.ref == base.ref
-    if on_base then
-      local st = src:status()
-      if #st > 0 then
-        if not spec.carry_changes then
-          local names = {}
-          for i = 1, math.min(3, #st) do names[i] = st[i].path end
-          errors.raise("git.dirty", string.format("%s has uncommitted changes (%d file%s: %s%s)", strip(src.workdir), #st,
-            #st == 1 and "" or "s", table.concat(names, ", "), #st > 3 and ", ..." or ""),
-            "commit or stash them, or pass carry_changes=true to copy them into the workspace")
-        end
-        changes = st
-      end
-    elseif spec.carry_changes then
+    if spec.carry_changes and not on_base then
       errors.raise("git.carry_mismatch", "carry_changes needs the base to be the branch checked out in the source",
         "leave out from=, or check out " .. base.name .. " there")
+    end
+    local function dirty_error(st)
+      local names = {}
+      for i = 1, math.min(3, #st) do names[i] = st[i].path end
+      return errors.new("git.dirty", string.format("%s has uncommitted changes (%d file%s: %s%s)", strip(src.workdir), #st,
+        #st == 1 and "" or "s", table.concat(names, ", "), #st > 3 and ", ..." or ""),
+        "commit or stash them, or pass carry_changes=true to copy them into the workspace")
     end
     -- from here on, every step is undone on failure
     paths.ensure(paths.workspaces())
@@ -439,9 +436,10 @@ function M.create(spec)
     local owner = spec.owner
     local uid, gid = owner and owner.uid, owner and (owner.gid or owner.uid)
     -- the stores and the checkout are independent: run them side by side
-    local stores, co, co_err, needs_filters = {}, nil, nil, false
+    local stores, co, co_err, needs_filters, changes = {}, nil, nil, false, nil
     local user = user_id(root)
     local function acquire()
+      local t0 = uv.hrtime()
       paths.ensure(paths.repos() .. "/stores")
       local byref = {}
       for _, h in ipairs({ { ref = base.ref, id = base.id }, table.unpack(holds) }) do
@@ -453,16 +451,31 @@ function M.create(spec)
           byref[h.ref] = true
         end
       end
+      mark("stores_ms", t0)
     end
     local function checkout()
+      local t0 = uv.hrtime()
       local okc, r = pcall(native.checkout, { gitdir = src_gitdir, commit = base.id, workdir = tree,
                                               owner_uid = uid, owner_gid = gid, threads = spec.threads })
       if okc then co = r
       elseif errors.is(r, "git.needs_filters") then needs_filters = true
       else co_err = r end
+      mark("checkout_ms", t0)
     end
-    require("foundry").parallel({ acquire, checkout })
+    -- (the source's status is read-only: on a dirty source everything above is undone)
+    local function status()
+      if not on_base then return end
+      local t0 = uv.hrtime()
+      local st = src:status()
+      if #st > 0 then changes = st end
+      mark("status_ms", t0)
+    end
+    local t_par = uv.hrtime()
+    require("foundry").parallel({ acquire, checkout, status })
+    mark("parallel_ms", t_par)
+    if changes and not spec.carry_changes then error(dirty_error(changes), 0) end
     if co_err then error(co_err, 0) end
+    local t_setup = uv.hrtime()
     -- the git directory: refs, config, alternates through links next to the tree
     fs.mkdir(root .. "/.foundry")
     local alt = {}
@@ -475,8 +488,11 @@ function M.create(spec)
     for _, h in ipairs(holds) do refs[h.ref] = h.id end
     native.setup{ workdir = tree, head = branch, refs = refs, alternates = alternates,
                   config = config_for(src, spec, name, base), owner_uid = uid, owner_gid = gid }
+    mark("setup_ms", t_setup)
     if needs_filters then
+      local t0 = uv.hrtime()
       native.checkout{ mode = "libgit2", workdir = tree, owner_uid = uid, owner_gid = gid }
+      mark("checkout_ms", t0)
     end
     if changes then carry(strip(src.workdir), tree, changes, owner) end
     local subdir = spec.subdir or (not url and src.prefix ~= "" and src.prefix) or nil
@@ -493,7 +509,9 @@ function M.create(spec)
       mirror = mirror, stores = stores, alternates = alternates, subdir = subdir,
       owner = owner and { uid = uid, gid = gid } or nil, created_at = os.time(),
       checkout = co and { files = co.files, ms = co.write_ms, threads = co.threads } or { mode = "libgit2" },
+      timings = timings,
     }
+    mark("total_ms", t_start)
     fs.write(rec_path(root), json.encode(rec), { mode = tonumber("600", 8), fsync = false })
     return from_rec(rec)
   end)
