@@ -22,6 +22,20 @@
 
 /* ---- opening repositories ---- */
 
+/* "a/b/" and "a/b" name one directory. (libgit2 1.5's git_repository_set_workdir leaks
+ * its path when given the work tree the repository already has: skip that call.) */
+static int same_dir(const char *a, const char *b)
+{
+	if (!a || !b)
+		return 0;
+	size_t la = strlen(a), lb = strlen(b);
+	while (la > 1 && a[la - 1] == '/')
+		la--;
+	while (lb > 1 && b[lb - 1] == '/')
+		lb--;
+	return la == lb && memcmp(a, b, la) == 0;
+}
+
 /* Open `gitdir` exactly (no discovery) and, when given, use `workdir` as its work tree
  * whatever its configuration says: a workspace's git directory is written by the agent,
  * and Foundry's own operations must not follow it elsewhere (core.worktree). */
@@ -34,7 +48,8 @@ static int open_repo(gop *op, git_repository **out, const char *gitdir, const ch
 	}
 	if (rc < 0)
 		return gop_git_fail(op, rc, "open %s", gitdir);
-	if (workdir && (rc = git_repository_set_workdir(*out, workdir, 0)) < 0) {
+	if (workdir && !same_dir(git_repository_workdir(*out), workdir) &&
+	    (rc = git_repository_set_workdir(*out, workdir, 0)) < 0) {
 		git_repository_free(*out);
 		*out = NULL;
 		return gop_git_fail(op, rc, "set work tree %s", workdir);
@@ -1222,11 +1237,18 @@ static int mirror_progress(const git_indexer_progress *stats, void *payload)
 	return atomic_load(&op->base.cancelled) ? GIT_EUSER : 0;
 }
 
-static int mirror_remote_cb(git_remote **out, git_repository *repo, const char *name,
-			    const char *url, void *payload)
+/* An in-memory remote for the mirror's URL. libgit2 1.5 leaks memory (about 20 KiB per
+ * configuration entry, in its PCRE2 matching) when it looks up url.*.insteadOf rules,
+ * which it does for every remote created with a repository unless told not to; Foundry
+ * mirrors the URL it is given, rewritten by nothing. */
+static int mirror_remote(git_remote **out, git_repository *repo, const char *url)
 {
-	(void)payload;
-	return git_remote_create_with_fetchspec(out, repo, name, url, "+refs/*:refs/*");
+	git_remote_create_options ro;
+	git_remote_create_options_init(&ro, GIT_REMOTE_CREATE_OPTIONS_VERSION);
+	ro.repository = repo;
+	ro.fetchspec = "+refs/*:refs/*";
+	ro.flags = GIT_REMOTE_CREATE_SKIP_INSTEADOF | GIT_REMOTE_CREATE_SKIP_DEFAULT_FETCHSPEC;
+	return git_remote_create_with_opts(out, url, &ro);
 }
 
 static void run_mirror(gop *o)
@@ -1244,30 +1266,28 @@ static void run_mirror(gop *o)
 	struct stat st;
 	if (stat(op->path, &st) < 0) {
 		git_repository_init_options io;
-	git_repository_init_options_init(&io, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
+		git_repository_init_options_init(&io, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
 		io.flags = GIT_REPOSITORY_INIT_BARE | GIT_REPOSITORY_INIT_MKPATH |
 			   GIT_REPOSITORY_INIT_NO_REINIT;
 		if ((rc = git_repository_init_ext(&repo, op->path, &io)) < 0) {
 			gop_git_fail(o, rc, "init %s", op->path);
 			goto out;
 		}
-		if ((rc = mirror_remote_cb(&remote, repo, "origin", op->url, NULL)) < 0) {
-			gop_git_fail(o, rc, "remote %s", op->url);
-			goto out;
-		}
+		/* for people looking at the cache: where it comes from */
 		git_config *cfg = NULL;
 		if (git_repository_config(&cfg, repo) == 0) {
+			git_config_set_string(cfg, "remote.origin.url", op->url);
+			git_config_set_string(cfg, "remote.origin.fetch", "+refs/*:refs/*");
 			git_config_set_bool(cfg, "remote.origin.mirror", 1);
 			git_config_free(cfg);
 		}
 		fresh = 1;
-	} else {
-		if ((rc = open_repo(o, &repo, op->path, NULL)) < 0)
-			goto out;
-		if ((rc = git_remote_lookup(&remote, repo, "origin")) < 0) {
-			gop_git_fail(o, rc, "%s: remote origin", op->path);
-			goto out;
-		}
+	} else if ((rc = open_repo(o, &repo, op->path, NULL)) < 0) {
+		goto out;
+	}
+	if ((rc = mirror_remote(&remote, repo, op->url)) < 0) {
+		gop_git_fail(o, rc, "remote %s", op->url);
+		goto out;
 	}
 	if ((rc = git_remote_connect(remote, GIT_DIRECTION_FETCH, &cb, NULL, NULL)) < 0)
 		goto fail;

@@ -479,9 +479,8 @@ static void run_libgit2(struct op_checkout *op)
 	git_repository *repo = NULL;
 	char gitdir[4096];
 	snprintf(gitdir, sizeof gitdir, "%s/.git", op->workdir);
+	/* (just made by setup: its work tree is the one around it) */
 	int rc = git_repository_open_ext(&repo, gitdir, GIT_REPOSITORY_OPEN_NO_SEARCH, NULL);
-	if (rc == 0)
-		rc = git_repository_set_workdir(repo, op->workdir, 0);
 	git_checkout_options co;
 	git_checkout_options_init(&co, GIT_CHECKOUT_OPTIONS_VERSION);
 	co.checkout_strategy = GIT_CHECKOUT_FORCE;

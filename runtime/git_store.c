@@ -783,7 +783,8 @@ static struct gen *scan_gens(const char *store, size_t *n, int collect, size_t *
 		v[(*n)++] = g;
 	}
 	closedir(d);
-	qsort(v, *n, sizeof *v, cmp_gen);
+	if (*n > 1)
+		qsort(v, *n, sizeof *v, cmp_gen);
 	return v;
 }
 
