@@ -62,6 +62,7 @@ static int open_repo(gop *op, git_repository **out, const char *gitdir, const ch
 struct op_discover {
 	gop base;
 	char *path;
+	int exact;
 };
 
 static gv *head_info(git_repository *repo)
@@ -98,10 +99,10 @@ static void run_discover(gop *o)
 {
 	struct op_discover *op = (struct op_discover *)o;
 	git_repository *repo = NULL;
-	int rc = git_repository_open_ext(&repo, op->path, 0, NULL);
+	int rc = git_repository_open_ext(&repo, op->path, op->exact ? GIT_REPOSITORY_OPEN_NO_SEARCH : 0, NULL);
 	if (rc == GIT_ENOTFOUND) {
 		gop_fail(o, "git.not_a_repo", "run `git init` there, or pass the path of a repository",
-			 "%s: not a git repository (or any parent up to /)", op->path);
+			 "%s: not a git repository%s", op->path, op->exact ? "" : " (or any parent up to /)");
 		return;
 	}
 	if (rc < 0) {
@@ -141,9 +142,11 @@ static void destroy_discover(gop *o)
 static int l_discover(lua_State *L)
 {
 	const char *path = opt_str(L, "git.discover", "path", 1);
+	int exact = opt_bool(L, "git.discover", "exact", 0);
 	fdr_wait *w = gop_wait(L, "git.discover");
 	struct op_discover *op = (struct op_discover *)gop_new(sizeof *op, "git.discover", run_discover, destroy_discover);
 	op->path = gx_strdup(path);
+	op->exact = exact;
 	return gop_start(L, w, &op->base);
 }
 

@@ -38,16 +38,38 @@ function Repo:__tostring() return "foundry.git.Repo(" .. (self.workdir or self.g
 
 local function strip(p) return (p:gsub("/+$", "")) end
 
---- Open the repository holding `path` (searching upwards, like git).
+--- Open the repository holding `path` (searching upwards, like git; `opts.exact`: only
+--- `path` itself, a work tree or a git directory).
 ---@param path string
+---@param opts? {exact?: boolean}
 ---@return foundry.git.Repo
-function M.open(path)
+function M.open(path, opts)
   check(type(path) == "string", "git.open: path: expected string, got " .. type(path))
-  local r = native.discover{ path = path }
+  local r = native.discover{ path = path, exact = opts and opts.exact == true }
   r.path = path
   return setmetatable(r, Repo)
 end
 M.discover = M.open
+
+-- A path inside Foundry's workspaces is that workspace, never whatever repository a
+-- search upwards would find: the agent may delete its .git, and the host's auto-commit
+-- must not then commit into a repository enclosing Foundry's data.
+local function workspace_dirs(path)
+  local root = require("foundry.paths").workspaces() .. "/"
+  local real = require("luv").fs_realpath(path) or path
+  for _, p in ipairs({ path, real }) do
+    if p:sub(1, #root) == root then
+      local name = p:sub(#root + 1):match("^([^/]+)")
+      local ok, ws = pcall(require("foundry.workspace").open, name)
+      if ok then
+        ws:_check()
+        return ws.gitdir, ws.tree
+      end
+      local r = M.open(p, { exact = true })
+      return strip(r.gitdir), r.workdir and strip(r.workdir)
+    end
+  end
+end
 
 -- `target` may be a Repo, a workspace or a path: the git directory and work tree to use.
 local function dirs(target, what)
@@ -55,6 +77,8 @@ local function dirs(target, what)
     return strip(target.gitdir), target.workdir and strip(target.workdir) or target.tree
   end
   check(type(target) == "string", what .. ": expected a repository or a path, got " .. type(target), 3)
+  local gitdir, workdir = workspace_dirs(target)
+  if gitdir then return gitdir, workdir end
   local r = M.open(target)
   return strip(r.gitdir), r.workdir and strip(r.workdir)
 end

@@ -338,6 +338,19 @@ describe("a workspace", function()
     expect(stat):contains("3 files changed")
   end)
 
+  it("never commits into an enclosing repository when the agent deletes .git", function()
+    -- the user keeps their home in git, and Foundry's data lives under it
+    G.git(G.root, "init", "-q", "-b", "main", G.root)
+    local ws = create{ source = repo }
+    local before = G.git(G.root, "rev-list", "--all", { ok = true }).stdout
+    foundry.exec{ "rm", "-rf", ws.gitdir, check = true }
+    G.write(ws.tree .. "/stolen.txt", "x\n")
+    expect(function() git.commit_all(ws.tree, { message = "auto" }) end):fails("git")
+    expect(function() git.status(ws.tree) end):fails("git")
+    expect(G.git(G.root, "rev-list", "--all", { ok = true }).stdout):equals(before)
+    expect(G.git(G.root, "ls-files")):equals("")
+  end)
+
   it("refuses a git directory redirected by the agent", function()
     local ws = create{ source = repo }
     fs.write(ws.gitdir .. "/objects/info/alternates", "/etc\n")
