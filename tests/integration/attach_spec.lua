@@ -61,6 +61,20 @@ describe("foundry attach", function()
     if not r.ok then error(r.stderr .. "\n" .. r.stdout:sub(-600):gsub("\27", "^["), 0) end
   end)
 
+  it("new with no arguments on a terminal asks a few questions, creates, then attaches", function()
+    local r = L.pty("cd " .. L.q(env.repo) .. " && " .. L.q(L.exe) .. " new; echo status=$?", {
+      { expect = "repository" }, { send = "\r", expect = "preset" }, { send = "\r", expect = "name" },
+      { send = "wiz\r", expect = "branch" }, { send = "\r", expect = "network" },
+      { send = "none\r", expect = "\\[wiz\\]", timeout = 60 },
+      { send = "\16\17", expect = "status=0" },
+    })
+    if not r.ok then error(r.stderr .. "\n" .. r.stdout:sub(-600):gsub("\27", "^["), 0) end
+    local info = L.ok{ "info", "wiz", "--json" }.json
+    expect(info.network):equals("none")
+    expect(info.branch):equals("sandbox/wiz")
+    L.ok{ "rm", "-y", "wiz" }
+  end)
+
   it("refuses without a terminal (exit 2)", function()
     expect(L.cli{ "attach", "att" }.status):equals(2)
   end)
