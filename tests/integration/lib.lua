@@ -27,6 +27,15 @@ end
 function L.setup()
   L.require_engine()
   local root = fs.mkdtemp("/tmp/foundry-it-XXXXXX")
+  local ok, env = pcall(L._setup, root)
+  if not ok then
+    foundry.exec{ "rm", "-rf", root }
+    error(env, 0)
+  end
+  return env
+end
+
+function L._setup(root)
   local env = { home = root .. "/home", repo = root .. "/repo", root = root }
   -- private copies of the binaries: a rebuild of build/ meanwhile must not pull them away
   local bindir = (uv.exepath():gsub(" %(deleted%)$", "")):match("^(.*)/")
