@@ -3,7 +3,7 @@
 ---   return {
 ---     extends = "shell",                       -- a name or a path
 ---     image = "foundry/sandbox:1",
----     network = "allowlist", allow = { "registry.npmjs.org" },
+---     network = "allowlist", allow = { "npm-registry.example.internal" },
 ---     env = { NODE_ENV = "development" },
 ---     mounts = { "~/datasets:/data:ro" },
 ---     setup = { "npm ci" },

@@ -6,7 +6,8 @@
 return {
   description = "Node.js app with Claude Code, deps preinstalled",
   extends = "claude",
-  allow = { "registry.npmjs.org" },
+  -- your npm registry's host (`npm config get registry` shows it); none is written here
+  allow = { "npm-registry.example.internal" },
   env = { NODE_ENV = "development" },
   memory = "6g",
   deps = { "npm ci --no-audit --no-fund" },
