@@ -149,13 +149,32 @@ end
 
 --- A secret for the proxy engine: from the vault when it is unlocked, else from the
 --- daemon's environment (the variable of the same name).
-function Daemon:secret(name)
+-- The vault entries `foundry auth import` and the shipped presets use for the secrets the
+-- built-in gateways and the default policy name.
+local VAULT_ALIASES = {
+  ANTHROPIC_API_KEY = "anthropic", OPENAI_API_KEY = "openai", GEMINI_API_KEY = "gemini",
+  GITHUB_TOKEN = "github", CLAUDE_CODE_OAUTH_TOKEN = "claude-oauth",
+}
+
+--- A secret for the proxy engine. `refs` are the sandbox's own references
+--- ({ANTHROPIC_API_KEY = "vault:work-key"}, from its preset's credentials); then the vault
+--- entry of that name, then the usual vault name for it (VAULT_ALIASES), then the daemon's
+--- environment.
+function Daemon:secret(name, refs)
   local value
   local vault = optional("foundry.vault")
   if vault and vault.exists() then
     local ok, v = pcall(function()
       local d = vault.default()
-      if d:unlocked() and d:has(name) then return d:get(name) end
+      if not d:unlocked() then return nil end
+      local ref = refs and refs[name]
+      local candidates = {}
+      if type(ref) == "string" then candidates[#candidates + 1] = ref:match("^vault:(.+)$") or ref end
+      candidates[#candidates + 1] = name
+      candidates[#candidates + 1] = VAULT_ALIASES[name]
+      for _, n in ipairs(candidates) do
+        if d:has(n) then return d:get(n) end
+      end
     end)
     if ok and type(v) == "string" then return v end
   end
@@ -250,13 +269,7 @@ local function integers(v)
 end
 
 local function policy_of(row)
-  local spec = type(row.spec) == "table" and row.spec or {}
-  local data = type(row.data) == "table" and row.data or {}
-  local p = data.policy or spec.policy
-  if p ~= nil then return integers(p) end
-  local mode = row.network or spec.network
-  if mode and mode ~= "allowlist" then return { extends = "default", mode = mode } end
-  return "default"
+  return require("foundry.policy").of_sandbox(integers(row))
 end
 
 local function placeholders_of(row)
@@ -311,6 +324,7 @@ function Daemon:register(name)
   eng:add_sandbox{
     name = name, socket = sock, policy = policy_of(row), placeholders = placeholders_of(row),
     hook_token = row.hook_token, sandbox = row,
+    secrets = function(secret) return self:secret(secret, (type(row.data) == "table" and row.data.secret_refs) or nil) end,
   }
   -- the container's user connects to it; only this sandbox's container can reach it
   if uv.fs_stat(sock) then uv.fs_chmod(sock, tonumber("666", 8)) end
@@ -488,6 +502,10 @@ function ops.ping()
 end
 
 function ops.status(d) return d:status() end
+--- The path of Foundry's CA certificate (created with the engine on first use): the
+--- lifecycle mounts it into sandboxes. The daemon is its only creator, so two processes
+--- never race to make two CAs.
+function ops.ca(d) return { cert = d:engine():ca_cert() } end
 function ops.register(d, req) return d:register(req.sandbox) end
 function ops.unregister(d, req) return d:unregister(req.sandbox) end
 

@@ -533,15 +533,27 @@ local function integers(v)
 end
 
 --- The policy of a sandbox's state row: the one recorded at creation (a name, a path or
---- a table), else the default policy in the row's network mode.
+--- a table), else the default policy in the row's network mode; the hosts its preset
+--- allows (`spec.allow`) are added to it.
 function M.of_sandbox(row)
   local spec = type(row.spec) == "table" and row.spec or {}
   local data = type(row.data) == "table" and row.data or {}
   local p = data.policy or spec.policy
-  if p ~= nil then return M.resolve(integers(p)) end
-  local mode = row.network or spec.network
-  if mode and mode ~= "allowlist" then return M.from_table({ extends = "default", mode = mode }) end
-  return M.load("default")
+  local base
+  if p ~= nil then
+    base = M.resolve(integers(p))
+  else
+    local mode = row.network or spec.network
+    if mode and mode ~= "allowlist" then
+      base = M.from_table({ extends = "default", mode = mode })
+    else
+      base = M.load("default")
+    end
+  end
+  if type(spec.allow) == "table" and #spec.allow > 0 then
+    return M.extend(base, { allow = integers(spec.allow) })
+  end
+  return base
 end
 
 --- Names of the policies shipped in policies/.

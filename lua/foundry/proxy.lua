@@ -75,10 +75,12 @@ function M.engine(opts)
   return self
 end
 
-local function resolve_secrets(self, p)
+-- `lookup`: the sandbox's own secrets function (add_sandbox{secrets=}), else the engine's.
+local function resolve_secrets(self, p, lookup)
   local out = {}
+  lookup = lookup or self.secrets
   for _, name in ipairs(p:secret_names()) do
-    local v = self.secrets(name)
+    local v = lookup(name)
     if v ~= nil and type(v) ~= "string" then
       error("proxy: secrets(" .. name .. ") returned a " .. type(v) .. ", expected a string or nil", 3)
     end
@@ -90,7 +92,9 @@ end
 --- Register a sandbox: listen on the Unix socket `socket` (parent directories made 0755,
 --- the socket 0666 so the container's user can connect; a stale socket is replaced).
 --- `policy`: a policy object, table, or name/path. `placeholders`: {SECRET_NAME = value}
---- as the sandbox sees them. `hook_token`: the key of the hook events' HMAC.
+--- as the sandbox sees them. `hook_token`: the key of the hook events' HMAC. `secrets`:
+--- optional `function(name) -> value` for this sandbox (its preset's vault references),
+--- used instead of the engine's.
 function Engine:add_sandbox(spec)
   if type(spec) ~= "table" then error("add_sandbox: expected a table", 2) end
   check_name("add_sandbox", spec.name)
@@ -105,10 +109,11 @@ function Engine:add_sandbox(spec)
       fs.mkdir(dir, tonumber("755", 8))
     end
   end
-  local secrets = resolve_secrets(self, p)
+  if spec.secrets ~= nil and type(spec.secrets) ~= "function" then error("add_sandbox: secrets: expected a function", 2) end
+  local secrets = resolve_secrets(self, p, spec.secrets)
   self.native:_add(spec.name, spec.socket, p.spec, secrets, spec.placeholders or {}, spec.hook_token)
   self.sandboxes[spec.name] = { policy = p, placeholders = spec.placeholders or {}, socket = spec.socket,
-                                row = spec.sandbox }
+                                row = spec.sandbox, secrets = spec.secrets }
 end
 
 --- Listen on TCP too (tests, benchmarks): `{host="127.0.0.1", port=0, sandbox=name}` -> port.
@@ -126,7 +131,7 @@ function Engine:update_policy(name, p)
   local sb = self.sandboxes[name]
   if not sb then errors.raise("proxy.not_found", "no sandbox named '" .. name .. "' in the proxy") end
   p = policy.resolve(p)
-  local secrets = resolve_secrets(self, p)
+  local secrets = resolve_secrets(self, p, sb.secrets)
   self.native:_update(name, p.spec, secrets, sb.placeholders)
   if sb.policy ~= p then sb.policy:close() end
   sb.policy = p

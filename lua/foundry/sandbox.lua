@@ -538,31 +538,100 @@ end
 
 --- Environment variables the proxy's gateways need per provider (the values inside
 --- the sandbox are placeholders; the proxy holds the real keys).
+-- Providers a preset names (agent.providers, credentials keys) and what the sandbox gets
+-- for each: the gateway's base URL on the proxy, and the variable holding the key, which
+-- inside the sandbox is only a per-sandbox placeholder. `slot` is the secret's name in
+-- the network policy (policy.lua's gateways and policies/default.lua).
 M.GATEWAYS = {
-  anthropic = { ANTHROPIC_BASE_URL = "/_gw/anthropic", ANTHROPIC_API_KEY = "foundry-placeholder" },
-  openai = { OPENAI_BASE_URL = "/_gw/openai/v1", OPENAI_API_KEY = "foundry-placeholder" },
-  google = { GOOGLE_GEMINI_BASE_URL = "/_gw/google", GEMINI_API_KEY = "foundry-placeholder" },
+  anthropic = { slot = "ANTHROPIC_API_KEY", key_env = { "ANTHROPIC_API_KEY" },
+                env = { ANTHROPIC_BASE_URL = "/_gw/anthropic" } },
+  openai = { slot = "OPENAI_API_KEY", key_env = { "OPENAI_API_KEY" }, env = { OPENAI_BASE_URL = "/_gw/openai/v1" } },
+  gemini = { slot = "GEMINI_API_KEY", key_env = { "GEMINI_API_KEY" },
+             env = { GOOGLE_GEMINI_BASE_URL = "/_gw/gemini", GEMINI_API_BASE_URL = "/_gw/gemini" } },
+  github = { slot = "GITHUB_TOKEN", key_env = { "GH_TOKEN", "GITHUB_TOKEN" }, env = {} },
 }
+M.GATEWAYS.google = M.GATEWAYS.gemini
 M.PROXY = "http://127.0.0.1:3128"
 
---- The container's environment for spec `r`.
+-- Where the CA files are inside the sandbox (in the per-sandbox run directory).
+M.CA_CERT = M.RUN_DIR .. "/ca.crt"
+M.CA_BUNDLE = M.RUN_DIR .. "/ca-bundle.crt"
+local CA_ENV = { "SSL_CERT_FILE", "GIT_SSL_CAINFO", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
+                 "CARGO_HTTP_CAINFO", "AWS_CA_BUNDLE" }
+
+--- The secrets a sandbox needs, with a fresh random placeholder for each:
+--- `placeholders` {SLOT = placeholder} (what the proxy swaps), `refs` {SLOT = "vault:NAME"}
+--- (where the daemon reads the real value). A credentials key that is not a known
+--- provider is taken as the slot itself (a user-defined service in the policy).
+function M.secret_slots(r)
+  local placeholders, refs = {}, {}
+  local providers = {}
+  for _, p in ipairs(r.providers or {}) do providers[p] = true end
+  for _, p in ipairs(r.agent and r.agent.providers or {}) do providers[p] = true end
+  for p in pairs(r.credentials or {}) do providers[p] = true end
+  local proxy = require "foundry.proxy"
+  for p in pairs(providers) do
+    local g = M.GATEWAYS[p]
+    local slot = g and g.slot or p
+    placeholders[slot] = placeholders[slot] or proxy.placeholder(slot)
+    local ref = r.credentials and r.credentials[p]
+    if type(ref) == "string" then refs[slot] = ref end
+  end
+  return placeholders, refs
+end
+
+--- The container's environment for spec `r` (`r.placeholders` from secret_slots).
 function M.container_env(name, r)
   local env = { HOME = M.HOME, USER = "agent", LANG = "C.UTF-8", FOUNDRY_SANDBOX = name }
   if r.network ~= "none" then
     env.FOUNDRY_PROXY_SOCKET = M.RUN_DIR .. "/proxy.sock"
     for _, k in ipairs({ "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy" }) do env[k] = M.PROXY end
     env.NO_PROXY, env.no_proxy = "localhost,127.0.0.1,::1", "localhost,127.0.0.1,::1"
-    local providers = {}
-    for _, p in ipairs(r.providers or {}) do providers[p] = true end
-    for _, p in ipairs(r.agent and r.agent.providers or {}) do providers[p] = true end
-    for p in pairs(r.credentials or {}) do providers[p] = true end
-    for p in pairs(providers) do
-      for k, v in pairs(M.GATEWAYS[p] or {}) do env[k] = v:sub(1, 1) == "/" and (M.PROXY .. v) or v end
+    if r.ca then
+      for _, k in ipairs(CA_ENV) do env[k] = M.CA_BUNDLE end
+      env.NODE_EXTRA_CA_CERTS = M.CA_CERT
+    end
+    local placeholders = r.placeholders or {}
+    for p, g in pairs(M.GATEWAYS) do
+      if placeholders[g.slot] and p ~= "google" then
+        for k, v in pairs(g.env) do env[k] = M.PROXY .. v end
+        for _, k in ipairs(g.key_env) do env[k] = placeholders[g.slot] end
+      end
+    end
+    for slot, value in pairs(placeholders) do
+      if env[slot] == nil and slot:match("^[%u_][%u%d_]*$") then env[slot] = value end
     end
   end
   for k, v in pairs(r.env or {}) do env[k] = tostring(v) end
   for k, v in pairs(r.agent and r.agent.env or {}) do env[k] = tostring(v) end
   return env
+end
+
+--- Write Foundry's CA certificate and a bundle (the host's trusted CAs plus Foundry's) into
+--- the sandbox's run directory. The daemon owns the CA (it makes it once, per user); the
+--- CA key never leaves the host. Returns false and why when there is no daemon to ask.
+function M.install_ca(sb)
+  local client = daemon_client()
+  if not client then return false, "the daemon is not available in this build" end
+  local ok, res = pcall(function()
+    if client.ensure then client.ensure() end
+    return client.call("ca", {})
+  end)
+  if not ok or type(res) ~= "table" or type(res.cert) ~= "string" then
+    return false, "no CA from the daemon: " .. errors.message(res)
+  end
+  local fs = require "foundry.fs"
+  local cert = fs.read(res.cert)
+  local run = paths.sandbox_run(sb.name)
+  local system = ""
+  for _, f in ipairs({ "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt" }) do
+    local s = fs.sync.read(f)
+    if s then system = s break end
+  end
+  fs.write(run .. "/ca.crt", cert, { mode = tonumber("444", 8), fsync = false })
+  fs.write(run .. "/ca-bundle.crt", system .. (system:sub(-1) == "\n" and "" or "\n") .. cert,
+    { mode = tonumber("444", 8), fsync = false })
+  return true
 end
 
 local function tmpfs_opts(size, extra)
@@ -627,6 +696,13 @@ function M.stage_provision(sb, ctx)
   end)
   local ws = sb._ws
   local data = util.copy(sb.data)
+  if r.network ~= "none" then
+    r.placeholders, r.secret_refs = M.secret_slots(r)
+    data.placeholders, data.secret_refs = r.placeholders, r.secret_refs
+    local ok, why = M.install_ca(sb)
+    r.ca = ok
+    if not ok then ctx.note("no TLS inspection CA in the sandbox: " .. tostring(why)) end
+  end
   data.env = M.container_env(sb.name, r)
   data.shim = shim
   sb:_update({ workspace = ws.tree, branch = ws.branch, base = ws.base, data = data })

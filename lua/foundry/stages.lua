@@ -394,11 +394,12 @@ function M.default()
         -- every secret must be there (checked without unlocking: no secret enters this
         -- process); the daemon's proxy swaps the placeholders for them
         vault.check(r.credentials)
-        local placeholders = {}
-        for provider, ref in pairs(r.credentials) do
-          if ref then placeholders[provider] = ref end
-        end
-        sb:_set_data("placeholders", placeholders)
+        -- the placeholders and vault references were recorded in provision (the
+        -- container's environment is fixed when it is created); the daemon reads the
+        -- real values from the vault when it registers the sandbox
+        local n = 0
+        for _ in pairs(sb.data.secret_refs or {}) do n = n + 1 end
+        ctx.note(string.format("%d secret%s held by the host proxy", n, n == 1 and "" or "s"))
       end },
     { name = "agent-config", description = "the agent's settings and hooks",
       run = function(sb, ctx)

@@ -49,20 +49,15 @@ before_all(function()
   setenv("FOUNDRY_UPSTREAM_CA_FILE", certs .. "/ca.crt")
   setenv("GITHUB_TOKEN", SECRET)
   L.ok{ "daemon", "start" }
-  local ca = require("foundry.paths").ca() .. "/ca.crt"
-  expect(net.eventually(function() return fs.exists(ca) end, 10000)):truthy()
-  fs.write(env.root .. "/ca.crt", fs.sync.read(ca))
   fs.write(env.root .. "/policy.lua", string.format(
     'return { extends = "github", overrides = { ["github.com"] = "127.0.0.1:%d", ["api.github.com"] = "127.0.0.1:%d" } }\n',
     fx.port, fx.port))
   fs.write(env.root .. "/presets/gs.lua", string.format([[
 return {
   policy = %q,
-  copy = { { source = %q, target = "/tmp/foundry-ca.crt" } },
-  env = { GIT_SSL_CAINFO = "/tmp/foundry-ca.crt", CURL_CA_BUNDLE = "/tmp/foundry-ca.crt" },
   hooks = { post_tool_use = "commit", debounce_ms = 1500, push = true },
 }
-]], env.root .. "/policy.lua", env.root .. "/ca.crt"))
+]], env.root .. "/policy.lua"))
   L.ok{ "new", "-d", "-n", "gs", "-p", "gs" }
   local r = sh("git remote add origin https://github.com/acme/app.git || git remote set-url origin https://github.com/acme/app.git")
   expect(r.status):equals(0)
