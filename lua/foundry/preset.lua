@@ -121,21 +121,7 @@ local function matches_type(v, t)
   return false
 end
 
-local function show(v)
-  if type(v) == "string" then return "'" .. v .. "'" end
-  if type(v) == "table" or type(v) == "function" then return type(v) end
-  return tostring(v)
-end
-
-local function key_path(path)
-  local out = {}
-  for _, k in ipairs(path) do
-    if math.type(k) == "integer" then out[#out + 1] = "[" .. k .. "]"
-    elseif type(k) == "string" and k:match("^[%a_][%w_]*$") then out[#out + 1] = (#out > 0 and "." or "") .. k
-    else out[#out + 1] = "[" .. string.format("%q", tostring(k)) .. "]" end
-  end
-  return table.concat(out)
-end
+local show, key_path = util.show_value, util.key_path
 
 -- Best-effort line of a key path in the source text: each named key is searched after
 -- the previous one. A function value knows its own line.

@@ -82,4 +82,22 @@ function M.ms(n)
   return string.format("%dm%02ds", n // 60000, (n % 60000) // 1000)
 end
 
+--- A value as a validation message shows it: 'text', 42, true, table, function.
+function M.show_value(v)
+  if type(v) == "string" then return "'" .. v .. "'" end
+  if type(v) == "table" or type(v) == "function" then return type(v) end
+  return tostring(v)
+end
+
+--- A key path as configuration errors name it: {"mounts", 2, "source"} -> mounts[2].source
+function M.key_path(path)
+  local out = {}
+  for _, k in ipairs(path) do
+    if math.type(k) == "integer" then out[#out + 1] = "[" .. k .. "]"
+    elseif type(k) == "string" and k:match("^[%a_][%w_]*$") then out[#out + 1] = (#out > 0 and "." or "") .. k
+    else out[#out + 1] = "[" .. string.format("%q", tostring(k)) .. "]" end
+  end
+  return table.concat(out)
+end
+
 return M
