@@ -296,6 +296,18 @@ local function config_for(src, spec, name, base)
   return cfg
 end
 
+-- mkdir -p below `tree`, giving what it creates to `owner`.
+local function mkdir_below(tree, dir, owner)
+  local cur = tree
+  for part in dir:sub(#tree + 2):gmatch("[^/]+") do
+    cur = cur .. "/" .. part
+    if not uv.fs_lstat(cur) then
+      fs.mkdir(cur)
+      if owner then uv.fs_lchown(cur, owner.uid, owner.gid or owner.uid) end
+    end
+  end
+end
+
 -- Copy the source's uncommitted state (as its work tree has it) into the new tree.
 local function carry(src_workdir, tree, changes, owner)
   for _, c in ipairs(changes) do
@@ -305,10 +317,10 @@ local function carry(src_workdir, tree, changes, owner)
       if not st then
         if uv.fs_lstat(to) then fs.unlink(to) end
       elseif st.type == "file" or st.type == "link" then
-        fs.mkdir(to:match("^(.*)/[^/]+$"))
+        mkdir_below(tree, to:match("^(.*)/[^/]+$"), owner)
         if uv.fs_lstat(to) then fs.unlink(to) end
         if st.type == "link" then fs.symlink(fs.readlink(from), to) else fs.copy(from, to) end
-        if owner then uv.fs_lchown(to, owner.uid, owner.gid) end
+        if owner then uv.fs_lchown(to, owner.uid, owner.gid or owner.uid) end
       end
     end
   end

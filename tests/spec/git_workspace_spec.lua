@@ -304,6 +304,12 @@ describe("a workspace", function()
     local r = as1000("commit", "-q", "-m", "as uid 1000")
     expect(r.stderr):equals("")
     expect(r.ok):is(true)
+    -- carried changes belong to the sandbox's user too, new directories included
+    G.write(repo .. "/newdir/deep/carried.txt", "c\n")
+    local ws3 = create{ source = repo, name = "w3", owner = { uid = 1000, gid = 1000 }, carry_changes = true }
+    expect(uv.fs_lstat(ws3.tree .. "/newdir").uid):equals(1000)
+    expect(uv.fs_lstat(ws3.tree .. "/newdir/deep/carried.txt").uid):equals(1000)
+    os.remove(repo .. "/newdir/deep/carried.txt")
     -- chown after the fact
     local ws2 = create{ source = repo, name = "w2" }
     ws2:chown(1000, 1000)
