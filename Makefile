@@ -46,6 +46,8 @@ help:
 	@echo "make valgrind   run the C tests and Lua specs under valgrind"
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make install    install into PREFIX (default /usr/local)"
+	@echo "make image      start dockerd if needed and build the local image foundry-test:base"
+	@echo "make lint       luacheck the Lua"
 
 deps:
 	@bash tools/deps.sh
@@ -114,7 +116,9 @@ valgrind: all $(CTESTS)
 bench: all
 	@bash bench/run.sh
 
+# A small local image (no registry needed): Debian via debootstrap, imported.
 image: all
+	@bash tests/lib/dockerd.sh
 	@bash tests/image/build.sh
 
 lint:
