@@ -97,6 +97,23 @@ describe("credentials", function()
     expect(r.out).never:contains("ca.key")
   end)
 
+  it("leaves the secret nowhere after the session: files, logs, audit, state, ps, /proc", function()
+    -- a failing request and a hook-less session have run; make sure audit rows are written
+    foundry.sleep(300)
+    L.ok{ "audit", "--json" }
+    -- every file under FOUNDRY_HOME (state DB and its WAL, daemon log, run dirs, workspaces;
+    -- the vault file is encrypted) and the test's repository
+    local r = foundry.exec{ "grep", "-rlF", SECRET, env.home, env.repo }
+    expect(r.stdout):equals("")
+    -- the command lines and environments of every process on the host (the daemon's
+    -- included: it read the passphrase, never the secret, from its environment)
+    r = foundry.exec{ "sh", "-c", "ps -eo args; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'" }
+    expect(r.stdout).never:contains(SECRET)
+    -- and the container's logs
+    r = L.cli{ "logs", "cred" }
+    expect(r.stdout .. r.stderr).never:contains(SECRET)
+  end)
+
   it("refuses hosts the policy does not name, with a JSON 403 the agent can act on", function()
     local r = sh("cred", "curl -sS -m 10 -o /dev/stderr -w '%{http_code}' http://not-allowed.example/")
     expect(r.out):contains("403")
