@@ -6,7 +6,7 @@
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${FOUNDRY_BUILD:-build}
-suites=${*:-c lua integration}
+suites=${*:-c lua integration fuzz}
 passed=0 failed=0 skipped=0
 vg=()
 if [ "${FOUNDRY_VALGRIND:-0}" = 1 ]; then
@@ -51,7 +51,19 @@ for suite in $suites; do
       "$BUILD/foundry" test tests/integration 2>&1 | tee "$tmp/out"; rc=${PIPESTATUS[0]}
       tally "$tmp/out" "$rc"
     fi ;;
-  *) echo "tests/run.sh: unknown suite '$suite' (c, lua, integration)" >&2; exit 2 ;;
+  fuzz)
+    # a short run of every libFuzzer target (FUZZ_SECONDS each); a script's exit status
+    # is one test: a crash or a sanitizer report fails it
+    for f in tests/fuzz/run.sh tests/fuzz/run_proxy.sh tests/fuzz/run_pktline.sh; do
+      [ -x "$f" ] || [ -f "$f" ] || continue
+      echo "== $f ${FUZZ_SECONDS:-10}s"
+      if FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz} bash "$f" "${FUZZ_SECONDS:-10}" >"$tmp/out" 2>&1; then
+        passed=$((passed + 1)); tail -3 "$tmp/out"
+      else
+        failed=$((failed + 1)); tail -20 "$tmp/out"
+      fi
+    done ;;
+  *) echo "tests/run.sh: unknown suite '$suite' (c, lua, integration, fuzz)" >&2; exit 2 ;;
   esac
 done
 echo
