@@ -162,7 +162,7 @@ end
 
 local PRESET_KEYS = {}
 for _, k in ipairs(require("foundry.preset").KEYS) do PRESET_KEYS[k] = true end
-local EXTRA_KEYS = { name = true, preset = true, allow_dangerous_mount = true }
+local EXTRA_KEYS = { name = true, preset = true, allow_dangerous_mount = true, carry_changes = true }
 
 local function plain_copy(v)
   if type(v) == "function" then return nil end
@@ -209,6 +209,7 @@ function M.resolve(spec)
   r.name = spec.name
   r.preset_name = info and info.name or nil
   r.allow_dangerous_mount = spec.allow_dangerous_mount and true or false
+  r.carry_changes = spec.carry_changes and true or false
   for k, v in pairs(M.DEFAULTS) do if r[k] == nil then r[k] = v end end
   r.image = r.image or M.default_image()
   r.mounts, r.copy = {}, {}
@@ -688,6 +689,7 @@ function M.stage_provision(sb, ctx)
   local impl = M.workspaces()
   ctx.shield(function()
     local ws = impl.create{ source = sb.repo, name = sb.name, branch = r.branch, from = r.from, subdir = r.workdir,
+                            carry_changes = r.carry_changes or nil,
                             owner = uv.getuid() == 0 and { uid = M.UID, gid = M.UID } or nil }
     sb._ws = ws
     local wsd = util.copy(sb.data)

@@ -434,7 +434,7 @@ function M.create(spec)
       for i = 1, math.min(3, #st) do names[i] = st[i].path end
       return errors.new("git.dirty", string.format("%s has uncommitted changes (%d file%s: %s%s)", strip(src.workdir), #st,
         #st == 1 and "" or "s", table.concat(names, ", "), #st > 3 and ", ..." or ""),
-        "commit or stash them, or pass carry_changes=true to copy them into the workspace")
+        "commit or stash them, or copy them into the workspace: foundry new --carry-changes (carry_changes=true in Lua)")
     end
     -- from here on, every step is undone on failure
     paths.ensure(paths.workspaces())

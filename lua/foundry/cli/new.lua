@@ -21,6 +21,7 @@ local FLAGS = {
   { "save-as", type = "string", arg = "PRESET", help = "also save these options as a preset" },
   { "detach", short = "d", help = "do not attach after creating" },
   { "allow-dangerous-mount", help = "allow mounting credential and engine paths (~/.ssh, the Docker socket, ...)" },
+  { "carry-changes", help = "copy the repository's uncommitted changes into the new workspace (else a dirty repository is refused)" },
   { "json", help = "print the sandbox as JSON (stage events as NDJSON on stderr)" },
 }
 
@@ -82,6 +83,7 @@ function M.spec(opts, args)
     image = opts.image, network = opts.network, cpus = opts.cpus, memory = opts.memory,
     pids = opts.pids and math.tointeger(opts.pids) or nil, workdir = opts.wd,
     allow_dangerous_mount = opts["allow-dangerous-mount"] or nil,
+    carry_changes = opts["carry-changes"] or nil,
   }
   if opts.pids and not spec.pids then errors.raise("usage", "--pids: expected a whole number") end
   if #(opts.volume or {}) > 0 then spec.mounts = opts.volume end
