@@ -513,4 +513,17 @@ describe("the other commands", function()
     expect(L.ok{ "completion", "fish" }.stdout):contains("complete -c foundry")
     expect(L.cli{ "completion", "tcsh" }.status):equals(2)
   end)
+  it("refuses a dirty repository, and carries its changes with --carry-changes", function()
+    fs.write(env.repo .. "/README.md", "# test, edited\n")
+    fs.write(env.repo .. "/untracked.txt", "new\n")
+    local r = L.cli{ "new", "-d", "-n", "dirty" }
+    expect(r.status):equals(1)
+    expect(r.stderr):contains("--carry-changes")
+    L.ok{ "new", "-d", "-n", "dirty", "--carry-changes" }
+    local out = L.ok{ "exec", "dirty", "--", "sh", "-c", "cd /workspace && cat README.md untracked.txt" }.stdout
+    expect(out):equals("# test, edited\nnew\n")
+    L.ok{ "rm", "-y", "--discard", "dirty" }
+    foundry.exec{ "git", "-C", env.repo, "checkout", "--", "README.md", check = true }
+    fs.unlink(env.repo .. "/untracked.txt")
+  end)
 end)
