@@ -8,19 +8,11 @@ local json = require "foundry.json"
 local state = require "foundry.state"
 local uv = require "luv"
 
-local home, saved_home
+local H = dofile("tests/lib/home.lua")
+local home, leave
 
-before_each(function()
-  saved_home = os.getenv("FOUNDRY_HOME")
-  home = fs.mkdtemp("/tmp/foundry-audit-XXXXXX")
-  uv.os_setenv("FOUNDRY_HOME", home)
-end)
-
-after_each(function()
-  state.close()
-  if saved_home then uv.os_setenv("FOUNDRY_HOME", saved_home) else uv.os_unsetenv("FOUNDRY_HOME") end
-  fs.rm(home)
-end)
+before_each(function() home, leave = H.enter("/tmp/foundry-audit-XXXXXX") end)
+after_each(function() leave() end)
 
 local function dbfile() return home .. "/state/foundry.db" end
 

@@ -11,7 +11,8 @@ local BUILD = os.getenv("FOUNDRY_BUILD") or "build"
 local BIN = BUILD .. "/foundry"
 local SHIM = BUILD .. "/foundry-shim"
 
-local home, saved_home
+local H = dofile("tests/lib/home.lua")
+local home, leave
 local client, daemon, state, hooks
 
 before_all(function()
@@ -22,17 +23,13 @@ before_all(function()
 end)
 
 before_each(function()
-  saved_home = os.getenv("FOUNDRY_HOME")
-  home = fs.mkdtemp("/tmp/fd-XXXXXX") -- short: socket paths must fit in 108 bytes
-  uv.os_setenv("FOUNDRY_HOME", home)
+  home, leave = H.enter("/tmp/fd-XXXXXX") -- short: socket paths must fit in 108 bytes
 end)
 
 after_each(function()
   pcall(client.stop, { timeout = 2000 })
   net.cleanup()
-  state.close()
-  if saved_home then uv.os_setenv("FOUNDRY_HOME", saved_home) else uv.os_unsetenv("FOUNDRY_HOME") end
-  fs.rm(home)
+  leave()
 end)
 
 local function foundry_cmd(...)

@@ -6,20 +6,12 @@ local json = require "foundry.json"
 local state = require "foundry.state"
 local uv = require "luv"
 
-local home, saved_home
-
 -- Every test gets its own FOUNDRY_HOME; state.db() follows the change.
-before_each(function()
-  saved_home = os.getenv("FOUNDRY_HOME")
-  home = fs.mkdtemp("/tmp/foundry-state-XXXXXX")
-  uv.os_setenv("FOUNDRY_HOME", home)
-end)
+local H = dofile("tests/lib/home.lua")
+local home, leave
 
-after_each(function()
-  state.close()
-  if saved_home then uv.os_setenv("FOUNDRY_HOME", saved_home) else uv.os_unsetenv("FOUNDRY_HOME") end
-  fs.rm(home)
-end)
+before_each(function() home, leave = H.enter("/tmp/foundry-state-XXXXXX") end)
+after_each(function() leave() end)
 
 local function dbfile() return home .. "/state/foundry.db" end
 

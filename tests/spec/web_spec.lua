@@ -7,7 +7,8 @@ local json = require "foundry.json"
 local uv = require "luv"
 local W = dofile("tests/lib/web.lua")
 
-local home, saved_home, repo, ws
+local H = dofile("tests/lib/home.lua")
+local home, leave, repo, ws
 
 local function git(...)
   local argv = { "git", "-C", repo, ... }
@@ -16,9 +17,7 @@ local function git(...)
 end
 
 before_all(function()
-  saved_home = os.getenv("FOUNDRY_HOME")
-  home = fs.mkdtemp("/tmp/foundry-web-XXXXXX")
-  uv.os_setenv("FOUNDRY_HOME", home .. "/home")
+  home, leave = H.enter("/tmp/foundry-web-XXXXXX", "home")
   repo = home .. "/repo"
   foundry.exec{ "git", "init", "-q", "-b", "main", repo, check = true }
   git("config", "user.email", "t@example.com")
@@ -40,9 +39,7 @@ end)
 after_all(function()
   W.stop()
   pcall(function() ws:destroy({}) end)
-  require("foundry.state").close()
-  if saved_home then uv.os_setenv("FOUNDRY_HOME", saved_home) else uv.os_unsetenv("FOUNDRY_HOME") end
-  fs.rm(home)
+  leave()
 end)
 
 after_each(function() W.settle() end)
