@@ -136,16 +136,7 @@ int luaopen_foundry_daemon(lua_State *L)
 	static const luaL_Reg lock_methods[] = {{"write_pid", lock_write_pid},
 						{"close", lock_close},
 						{NULL, NULL}};
-	luaL_newmetatable(L, LOCK_MT);
-	luaL_newlib(L, lock_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, lock_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, lock_close);
-	lua_setfield(L, -2, "__close");
-	lua_pushcfunction(L, lock_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	fdr_new_class(L, LOCK_MT, lock_methods, lock_close, lock_tostring);
 
 	static const luaL_Reg fns[] = {{"lock", l_lock},
 				       {"peer_uid", l_peer_uid},

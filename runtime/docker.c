@@ -1843,17 +1843,7 @@ int luaopen_foundry_docker(lua_State *L)
 		{"read", s_read},		{"read_all", s_read_all}, {"write", s_write},
 		{"close_write", s_close_write}, {"close", s_close},	  {"info", s_info},
 		{NULL, NULL}};
-	if (luaL_newmetatable(L, STREAM_MT)) {
-		luaL_newlib(L, smethods);
-		lua_setfield(L, -2, "__index");
-		lua_pushcfunction(L, s_close);
-		lua_setfield(L, -2, "__gc");
-		lua_pushcfunction(L, s_close);
-		lua_setfield(L, -2, "__close");
-		lua_pushcfunction(L, s_tostring);
-		lua_setfield(L, -2, "__tostring");
-	}
-	lua_pop(L, 1);
+	fdr_new_class(L, STREAM_MT, smethods, s_close, s_tostring);
 
 	static const luaL_Reg fns[] = {
 		{"request", l_request}, {"stats", l_stats}, {"close_idle", l_close_idle}, {NULL, NULL}};

@@ -94,6 +94,12 @@ int fdr_queue_work(lua_State *L, fdr_wait *w, fdr_work_fn fn, fdr_after_fn after
  * code - at shutdown through this hook (luv's handles are closed by the host). */
 void fdr_host_at_close(fdr_host *h, void (*fn)(void *data), void *data);
 
+/* Register the metatable `name` of a userdata type, luv's way: `methods` through __index,
+ * `close` (idempotent) as __close and __gc, `tostring` as __tostring (NULL: none). Does
+ * nothing when it exists already. Leaves the stack as it was. */
+void fdr_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
+		   lua_CFunction tostring);
+
 /* Monotonic milliseconds. */
 uint64_t fdr_now_ms(void);
 

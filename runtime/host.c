@@ -34,6 +34,25 @@ extern const struct fdr_native {
 	const char *plugin, *symbol; /* modules in plugins: lib/foundry/<plugin>.so */
 } fdr_native_modules[];
 
+void fdr_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
+		   lua_CFunction tostring)
+{
+	if (luaL_newmetatable(L, name)) {
+		lua_newtable(L);
+		luaL_setfuncs(L, methods, 0);
+		lua_setfield(L, -2, "__index");
+		lua_pushcfunction(L, close);
+		lua_setfield(L, -2, "__gc");
+		lua_pushcfunction(L, close);
+		lua_setfield(L, -2, "__close");
+		if (tostring) {
+			lua_pushcfunction(L, tostring);
+			lua_setfield(L, -2, "__tostring");
+		}
+	}
+	lua_pop(L, 1);
+}
+
 fdr_host *fdr_host_of(lua_State *L)
 {
 	return *(fdr_host **)lua_getextraspace(L);

@@ -977,31 +977,11 @@ int luaopen_foundry_redact(lua_State *L)
 	static const luaL_Reg rmethods[] = {{"apply", r_apply}, {"stream", r_stream},
 					    {"names", r_names}, {"close", r_close},
 					    {NULL, NULL}};
-	if (luaL_newmetatable(L, REDACTOR_MT)) {
-		luaL_newlib(L, rmethods);
-		lua_setfield(L, -2, "__index");
-		lua_pushcfunction(L, r_close);
-		lua_setfield(L, -2, "__gc");
-		lua_pushcfunction(L, r_close);
-		lua_setfield(L, -2, "__close");
-		lua_pushcfunction(L, r_tostring);
-		lua_setfield(L, -2, "__tostring");
-	}
-	lua_pop(L, 1);
+	fdr_new_class(L, REDACTOR_MT, rmethods, r_close, r_tostring);
 	static const luaL_Reg smethods[] = {{"push", s_push}, {"finish", s_finish},
 					    {"flush", s_flush}, {"pending", s_pending},
 					    {"close", s_close}, {NULL, NULL}};
-	if (luaL_newmetatable(L, STREAM_MT)) {
-		luaL_newlib(L, smethods);
-		lua_setfield(L, -2, "__index");
-		lua_pushcfunction(L, s_close);
-		lua_setfield(L, -2, "__gc");
-		lua_pushcfunction(L, s_close);
-		lua_setfield(L, -2, "__close");
-		lua_pushcfunction(L, s_tostring);
-		lua_setfield(L, -2, "__tostring");
-	}
-	lua_pop(L, 1);
+	fdr_new_class(L, STREAM_MT, smethods, s_close, s_tostring);
 	static const luaL_Reg fns[] = {{"new", l_new}, {"shapes", l_shapes}, {NULL, NULL}};
 	luaL_newlib(L, fns);
 	lua_pushinteger(L, FDR_REDACT_MIN_SECRET);

@@ -2175,17 +2175,7 @@ int luaopen_foundry_vault(lua_State *L)
 		{"list", v_list},     {"has", v_has},	{"rekey", v_rekey},
 		{"lock", v_lock},     {"locked", v_locked}, {"close", v_close},
 		{"path", v_path},     {"redactor", v_redactor}, {NULL, NULL}};
-	if (luaL_newmetatable(L, VAULT_MT)) {
-		luaL_newlib(L, methods);
-		lua_setfield(L, -2, "__index");
-		lua_pushcfunction(L, v_close);
-		lua_setfield(L, -2, "__gc");
-		lua_pushcfunction(L, v_close);
-		lua_setfield(L, -2, "__close");
-		lua_pushcfunction(L, v_tostring);
-		lua_setfield(L, -2, "__tostring");
-	}
-	lua_pop(L, 1);
+	fdr_new_class(L, VAULT_MT, methods, v_close, v_tostring);
 	static const luaL_Reg fns[] = {{"create", l_create},
 				       {"unlock", l_unlock},
 				       {"info", l_info},

@@ -520,16 +520,7 @@ int luaopen_foundry_vm(lua_State *L)
 	static const luaL_Reg methods[] = {{"load", m_load},   {"call", m_call},
 					   {"has", m_has},     {"stats", m_stats},
 					   {"close", m_close}, {NULL, NULL}};
-	luaL_newmetatable(L, VM_MT);
-	luaL_newlib(L, methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, m_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, m_close);
-	lua_setfield(L, -2, "__close");
-	lua_pushcfunction(L, m_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	fdr_new_class(L, VM_MT, methods, m_close, m_tostring);
 	static const luaL_Reg fns[] = {{"new", l_new}, {NULL, NULL}};
 	luaL_newlib(L, fns);
 	return 1;

@@ -1138,28 +1138,10 @@ static int l_fs_write(lua_State *L)
 int luaopen_foundry_web(lua_State *L)
 {
 	static const luaL_Reg parser_m[] = {{"feed", p_feed}, {"close", p_close}, {NULL, NULL}};
-	luaL_newmetatable(L, PARSER_MT);
-	luaL_newlib(L, parser_m);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, p_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, p_close);
-	lua_setfield(L, -2, "__close");
-	lua_pushcfunction(L, p_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	fdr_new_class(L, PARSER_MT, parser_m, p_close, p_tostring);
 
 	static const luaL_Reg dec_m[] = {{"feed", d_feed}, {"close", d_close}, {NULL, NULL}};
-	luaL_newmetatable(L, WSDEC_MT);
-	luaL_newlib(L, dec_m);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, d_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, d_close);
-	lua_setfield(L, -2, "__close");
-	lua_pushcfunction(L, d_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	fdr_new_class(L, WSDEC_MT, dec_m, d_close, d_tostring);
 
 	static const luaL_Reg fns[] = {{"parser", l_parser},	   {"ws_accept", l_ws_accept},
 				       {"ws_decoder", l_ws_decoder}, {"ws_frame", l_ws_frame},
