@@ -22,6 +22,7 @@
 #include "http.h"
 #include "match.h"
 #include "tls.h"
+#include "splice.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -716,8 +717,9 @@ struct engine {
 	int closed;
 	int refs;            /* the host (until shutdown) and each sandbox */
 	struct engine_ud *ud; /* the Lua userdata while it lives */
-	uint64_t requests, denied, tunnels, inspected, conns_total;
+	uint64_t requests, denied, tunnels, inspected, conns_total, spliced;
 	int nconns;
+	int no_splice;       /* opaque tunnels copy through user memory (benchmarks compare) */
 };
 
 struct side {
@@ -810,6 +812,7 @@ struct conn {
 	uv_timer_t timer;
 	uint64_t last_active;
 	uint64_t tunnel_t0;
+	px_splice *sp;       /* an opaque tunnel the kernel moves (splice.h) */
 	conn *prev, *next;
 };
 
@@ -823,6 +826,7 @@ static void finish_exchange(conn *c);
 static int side_write(side *s, const void *data, size_t n);
 static int guard_hold_body(conn *c, const char *data, size_t n);
 static void guard_filter_done(conn *c);
+static void try_splice(conn *c);
 
 /* ------------------------------------------------------------------ Lua callbacks */
 
@@ -923,6 +927,8 @@ static void on_write(uv_write_t *req, int status)
 		side *o = s == c->cl ? c->up : c->cl;
 		if (o && s->queued < WRITE_HIGH / 2)
 			side_start(o);
+		if (s->queued == 0 && c->state == C_TUNNEL)
+			try_splice(c);
 	}
 	conn_unref(c);
 }
@@ -1001,7 +1007,7 @@ static int side_writes(side *s, const char *str)
 static int want_read(side *s)
 {
 	conn *c = s->c;
-	if (c->closing || c->ending || s->closing || s->eof || !s->inited)
+	if (c->closing || c->ending || s->closing || s->eof || !s->inited || c->sp)
 		return 0;
 	side *o = s == c->cl ? c->up : c->cl;
 	if (o && o->queued >= WRITE_HIGH)
@@ -1043,6 +1049,42 @@ static void update_reading(conn *c)
 {
 	side_start(c->cl);
 	side_start(c->up);
+}
+
+static void on_splice(void *arg, px_splice *sp, enum px_splice_event ev, int err)
+{
+	conn *c = arg;
+	(void)sp;
+	(void)err;
+	if (ev == PX_SPLICE_PROGRESS)
+		c->last_active = fdr_now_ms();
+	else
+		conn_close(c); /* both directions ended, or a socket failed */
+}
+
+static int side_idle(side *s)
+{
+	return s && s->inited && !s->closing && !s->ssl && !s->eof && !s->shut && s->queued == 0 &&
+	       s->cork.len == 0 && uv_stream_get_write_queue_size(&s->u.s) == 0;
+}
+
+/* An opaque tunnel that has carried SPLICE_AFTER bytes, with nothing queued either way,
+ * goes to the kernel: splice(2) moves its bytes socket to socket without copying them
+ * through the proxy. Small and idle tunnels (most API calls) keep copying through the
+ * read callbacks, which costs no pipes; so does a tunnel that splice cannot serve. */
+#define SPLICE_AFTER (256u << 10)
+
+static void try_splice(conn *c)
+{
+	uv_os_fd_t a, b;
+	if (c->sp || c->closing || c->ending || c->corked || c->state != C_TUNNEL || c->e->no_splice ||
+	    c->x.bytes_in + c->x.bytes_out < SPLICE_AFTER || c->hold.len ||
+	    !side_idle(c->cl) || !side_idle(c->up) || uv_fileno(&c->cl->u.h, &a) || uv_fileno(&c->up->u.h, &b))
+		return;
+	c->sp = px_splice_start(c->e->loop, a, b, on_splice, c);
+	if (c->sp)
+		c->e->spliced++;
+	update_reading(c); /* reading stops while the kernel moves the bytes */
 }
 
 /* Send what was gathered while corked: a response head and its body, or a reply and
@@ -1255,6 +1297,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		c->corked = 0;
 		uncork(c->cl);
 		uncork(c->up);
+		try_splice(c);
 	}
 	if (!c->closing)
 		update_reading(c);
@@ -1305,6 +1348,12 @@ static void conn_close(conn *c)
 	if (c->closing)
 		return;
 	c->closing = 1;
+	if (c->sp) {
+		c->x.bytes_out += c->sp->bytes[0];
+		c->x.bytes_in += c->sp->bytes[1];
+		px_splice_stop(c->sp);
+		c->sp = NULL;
+	}
 	if (c->x.active) {
 		if (c->state == C_TUNNEL || c->x.decided)
 			audit(c);
@@ -3576,7 +3625,7 @@ static void engine_at_close(void *data)
 	engine_unref(e);
 }
 
-/* _proxy.engine{ ca_dir=, upstream_ca_file=, audit=fn, event=fn, hook=fn,
+/* _proxy.engine{ ca_dir=, upstream_ca_file=, splice=bool, audit=fn, event=fn, hook=fn,
  *                guard_want=fn, guard=fn, guard_response=fn } */
 static int l_engine(lua_State *L)
 {
@@ -3608,6 +3657,9 @@ static int l_engine(lua_State *L)
 	e->ca = ca;
 	e->client_ctx = client;
 	e->refs = 1;
+	lua_getfield(L, 1, "splice");
+	e->no_splice = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+	lua_pop(L, 1);
 	const char *refs[] = {"audit", "event", "hook", "guard_want", "guard", "guard_response"};
 	int *slots[] = {&e->audit_ref, &e->event_ref, &e->hook_ref,
 			&e->guard_want_ref, &e->guard_ref, &e->guard_resp_ref};
@@ -3722,6 +3774,11 @@ static int e_update(lua_State *L)
 	if (!sb)
 		return fdr_error(L, "proxy.not_found", NULL, "no sandbox named '%s'", name);
 	policy *p = compile_policy(L, 3, lua_istable(L, 4) ? 4 : 0, lua_istable(L, 5) ? 5 : 0);
+	if (p->lim.rate != sb->pol->lim.rate || p->lim.burst != sb->pol->lim.burst) {
+		/* new rate limits start with a full bucket: a raised limit applies at once */
+		sb->tokens = p->lim.burst;
+		sb->tokens_at = fdr_now_ms();
+	}
 	policy_unref(sb->pol);
 	sb->pol = p;
 	return 0;
@@ -3751,6 +3808,7 @@ static int e_stats(lua_State *L)
 	set_int(L, "requests", (lua_Integer)e->requests);
 	set_int(L, "denied", (lua_Integer)e->denied);
 	set_int(L, "tunnels", (lua_Integer)e->tunnels);
+	set_int(L, "spliced", (lua_Integer)e->spliced);
 	set_int(L, "inspected", (lua_Integer)e->inspected);
 	set_int(L, "leaf_minted", (lua_Integer)minted);
 	set_int(L, "leaf_cached", (lua_Integer)cached);

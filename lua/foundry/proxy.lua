@@ -32,6 +32,8 @@ end
 --- Make an engine. Options:
 --- - `ca_dir`: where Foundry's CA lives (created on first use; default paths.ca()).
 --- - `upstream_ca_file`: extra CA certificates trusted for upstreams (tests).
+--- - `splice`: false copies opaque tunnels through the proxy's memory instead of letting
+---   the kernel move them with splice(2) (default true; benchmarks compare the two).
 --- - `secrets(name) -> value|nil`: the real value of a secret; may wait (the vault).
 ---   Default: the daemon's environment.
 --- - `audit(row)`: every decision, `{sandbox=, kind=, decision=, host=, method=, path=,
@@ -53,6 +55,7 @@ function M.engine(opts)
     guard_want = guard.guard_want, guard = guard.guard, guard_response = guard.guard_response,
     ca_dir = ca_dir,
     upstream_ca_file = opts.upstream_ca_file or nil,
+    splice = opts.splice,
     audit = opts.audit,
     hook = function(name, req)
       local sb = sandboxes[name]

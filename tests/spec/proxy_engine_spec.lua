@@ -617,3 +617,149 @@ sys.stdout.write(out.decode().split("\r\n\r\n", 1)[1])
     sock:close()
   end)
 end)
+
+describe("bulk tunnels", function()
+  local task = require "foundry._task"
+  local MiB = 1 << 20
+
+  -- Deterministic bytes that are not one repeated block.
+  local function payload(n, seed)
+    local parts, block = {}, {}
+    for i = 1, 256 do block[i] = string.char((i * 31 + seed) % 256) end
+    block = table.concat(block)
+    for i = 1, n // 256 do parts[i] = block:sub(1 + i % 7) .. block:sub(1, i % 7) end
+    return table.concat(parts)
+  end
+
+  -- A raw TCP upstream on 127.0.0.1: reads until EOF, then answers the SHA-256 of what
+  -- it read, a newline and `reply`, and closes. `abort` = bytes after which it resets.
+  local function sink(reply, abort)
+    local server = uv.new_tcp()
+    server:bind("127.0.0.1", 0)
+    server:listen(8, function()
+      local c = uv.new_tcp()
+      server:accept(c)
+      local got = {}
+      local n = 0
+      c:read_start(function(err, chunk)
+        if chunk then
+          got[#got + 1] = chunk
+          n = n + #chunk
+          if abort and n >= abort then c:read_stop(); c:close() end
+          return
+        end
+        c:read_stop()
+        if err then c:close(); return end
+        c:write(crypto.sha256_hex(table.concat(got)) .. "\n" .. reply, function() c:close() end)
+      end)
+    end)
+    return server, server:getsockname().port
+  end
+
+  -- CONNECT through the proxy, send `data`, half-close, read to the end.
+  local function through(port, upport, data)
+    local sock = type(port) == "string" and uv.new_pipe() or uv.new_tcp()
+    local w = task.wait("connect", nil, 5000)
+    if type(port) == "string" then
+      sock:connect(port, function(err) w:resolve(err) end)
+    else
+      sock:connect("127.0.0.1", port, function(err) w:resolve(err) end)
+    end
+    expect(w:await()):is_nil()
+    local buf, head = {}, nil
+    local done = task.wait("tunnel", nil, 20000)
+    local acc = ""
+    sock:read_start(function(err, chunk)
+      if not chunk then sock:close(); done:resolve(err or true); return end
+      if head then buf[#buf + 1] = chunk; return end
+      acc = acc .. chunk
+      local e = acc:find("\r\n\r\n", 1, true)
+      if e then
+        head = acc:sub(1, e + 3)
+        if #acc > e + 3 then buf[1] = acc:sub(e + 4) end
+        if not head:match("^HTTP/1.1 200") then sock:close(); done:resolve(head); return end
+        sock:write(data)
+        sock:shutdown()
+      end
+    end)
+    sock:write(("CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"):format(upport, upport))
+    local ended = done:await()
+    return head, table.concat(buf), ended
+  end
+
+  local function run(opts)
+    local reply = payload(5 * MiB + 77, 3)
+    local server, upport = sink(reply)
+    local extra = { secrets = secrets, splice = opts and opts.splice }
+    engine, rows, ca = fx.engine(extra)
+    local dir = fs.mkdtemp("/tmp/foundry-splice-XXXXXX")
+    local port
+    if opts and opts.unix then
+      port = dir .. "/proxy.sock"
+      engine:add_sandbox{ name = "s1", socket = port, policy = { allow = { "127.0.0.1" } } }
+    else
+      engine:add_sandbox{ name = "s1", policy = { allow = { "127.0.0.1" } } }
+      port = engine:listen_tcp{ sandbox = "s1" }
+    end
+    local data = payload(3 * MiB + 5, 9)
+    local head, got, ended = through(port, upport, data)
+    server:close()
+    expect(head):matches("^HTTP/1.1 200")
+    expect(ended):equals(true)
+    expect(#got):equals(64 + 1 + #reply)
+    expect(got:sub(1, 64)):equals(crypto.sha256_hex(data)) -- what the upstream received
+    expect(got:sub(66) == reply):truthy()                 -- what the client received
+    for _ = 1, 100 do
+      if engine:stats().connections == 0 then break end
+      foundry.sleep(10)
+    end
+    expect(engine:stats().connections):equals(0)
+    local row = last_row("tunnel")
+    expect(row.bytes_out):equals(#data)
+    expect(row.bytes_in):equals(#got)
+    fs.rm(dir)
+    return engine:stats()
+  end
+
+  it("moves a bulk tunnel with splice(2), intact both ways, half-close and all", function()
+    expect(run().spliced):equals(1)
+  end)
+
+  it("splices from a sandbox's Unix socket too", function()
+    expect(run({ unix = true }).spliced):equals(1)
+  end)
+
+  it("copies the same tunnel through memory when splice is off", function()
+    expect(run({ splice = false }).spliced):equals(0)
+  end)
+
+  it("keeps small tunnels out of the kernel path", function()
+    local server, upport = sink("short")
+    engine, rows, ca = fx.engine{ secrets = secrets }
+    engine:add_sandbox{ name = "s1", policy = { allow = { "127.0.0.1" } } }
+    local port = engine:listen_tcp{ sandbox = "s1" }
+    local head, got = through(port, upport, "hello")
+    server:close()
+    expect(head):matches("^HTTP/1.1 200")
+    expect(got):equals(crypto.sha256_hex("hello") .. "\nshort")
+    expect(engine:stats().spliced):equals(0)
+  end)
+
+  it("closes the client when the upstream goes away in the middle of a spliced tunnel", function()
+    local server, upport = sink("", 2 * MiB)
+    engine, rows, ca = fx.engine{ secrets = secrets }
+    engine:add_sandbox{ name = "s1", policy = { allow = { "127.0.0.1" } } }
+    local port = engine:listen_tcp{ sandbox = "s1" }
+    local head, got, ended = through(port, upport, payload(16 * MiB, 1))
+    server:close()
+    expect(head):matches("^HTTP/1.1 200")
+    expect(got):equals("")
+    expect(ended):truthy()
+    expect(engine:stats().spliced):equals(1)
+    for _ = 1, 100 do
+      if engine:stats().connections == 0 then break end
+      foundry.sleep(10)
+    end
+    expect(engine:stats().connections):equals(0)
+  end)
+end)
