@@ -789,6 +789,13 @@ typedef struct {
 
 enum cstate { C_HTTP, C_TUNNEL, C_CLOSED };
 
+typedef struct resolve_req {
+	uv_getaddrinfo_t req;
+	conn *c;
+	int stale;           /* the exchange gave up waiting (connect_timeout, close) */
+} resolve_req;
+
+
 struct conn {
 	engine *e;
 	sandbox *sb;
@@ -813,6 +820,7 @@ struct conn {
 	uint64_t last_active;
 	uint64_t tunnel_t0;
 	px_splice *sp;       /* an opaque tunnel the kernel moves (splice.h) */
+	struct resolve_req *resolving; /* the upstream's name is being resolved */
 	conn *prev, *next;
 };
 
@@ -1343,6 +1351,17 @@ static void on_timer_closed(uv_handle_t *h)
 	conn_unref(h->data);
 }
 
+/* Stop waiting for a name (the resolver runs on the thread pool: the request is
+ * cancelled if it has not started, and its answer is ignored if it has). */
+static void give_up_resolving(conn *c)
+{
+	if (!c->resolving)
+		return;
+	c->resolving->stale = 1;
+	uv_cancel((uv_req_t *)&c->resolving->req);
+	c->resolving = NULL;
+}
+
 static void conn_close(conn *c)
 {
 	if (c->closing)
@@ -1360,6 +1379,7 @@ static void conn_close(conn *c)
 		c->x.active = 0;
 	}
 	c->state = C_CLOSED;
+	give_up_resolving(c);
 	uv_timer_stop(&c->timer);
 	uv_close((uv_handle_t *)&c->timer, on_timer_closed);
 	side_close(c->up);
@@ -1387,16 +1407,18 @@ static void on_timer(uv_timer_t *t)
 	conn *c = t->data;
 	uint64_t now = fdr_now_ms();
 	uint64_t idle = c->pol ? c->pol->lim.idle_timeout : 600000;
-	if (c->x.active && !c->x.decided && c->up && !c->up->hs_done) {
-		/* connecting, or the upstream handshake */
+	if (c->x.active && !c->x.decided && (c->resolving || (c->up && !c->up->hs_done))) {
+		/* resolving the name, connecting, or the upstream handshake */
 		uint64_t ct = c->pol->lim.connect_timeout;
 		if (now - c->x.t0 >= ct) {
+			int resolving = c->resolving != NULL;
+			give_up_resolving(c);
 			c->x.decided = 1;
 			c->x.v.action = ACT_DENY;
 			snprintf(c->x.v.rule, sizeof c->x.v.rule, "limits.connect_timeout");
-			snprintf(c->x.v.reason, sizeof c->x.v.reason,
-				 "connecting to %s:%d timed out after %llu ms", c->x.host, c->x.port,
-				 (unsigned long long)ct);
+			snprintf(c->x.v.reason, sizeof c->x.v.reason, "%s %s:%d timed out after %llu ms%s",
+				 resolving ? "resolving" : "connecting to", c->x.host, c->x.port,
+				 (unsigned long long)ct, resolving ? " (the resolver did not answer)" : "");
 			respond_error(c, 504, c->x.v.reason);
 			return;
 		}
@@ -1833,12 +1855,6 @@ static void send_buffered_body(conn *c)
 
 /* ------------------------------------------------------------------ upstream connections */
 
-typedef struct {
-	uv_getaddrinfo_t req;
-	conn *c;
-	int port;
-} resolve_req;
-
 static breaker *find_breaker(sandbox *sb, const char *host, int port, int create)
 {
 	char key[sizeof ((breaker *)0)->key];
@@ -1993,8 +2009,11 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
 {
 	resolve_req *r = (resolve_req *)req;
 	conn *c = r->c;
+	int stale = r->stale;
 	free(r);
-	if (c->closing) {
+	if (!stale)
+		c->resolving = NULL;
+	if (c->closing || stale) {
 		uv_freeaddrinfo(ai);
 		conn_unref(c);
 		return;
@@ -2069,6 +2088,7 @@ static void connect_upstream(conn *c)
 		return;
 	}
 	r->c = c;
+	c->resolving = r;
 	char port[8];
 	snprintf(port, sizeof port, "%d", x->port);
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -2076,6 +2096,7 @@ static void connect_upstream(conn *c)
 	int rc = uv_getaddrinfo(c->e->loop, &r->req, on_resolved, x->host, port, &hints);
 	if (rc < 0) {
 		c->refs--;
+		c->resolving = NULL;
 		free(r);
 		respond_error(c, 502, "cannot resolve");
 	}
