@@ -320,9 +320,10 @@ function Daemon:register(name)
   local sock = check_socket_path(dir .. "/proxy.sock")
   local eng = self:engine()
   local prev = self.sandboxes[name]
+  local pol = policy_of(row)
   if prev and type(eng.remove_sandbox) == "function" then pcall(eng.remove_sandbox, eng, name) end
   eng:add_sandbox{
-    name = name, socket = sock, policy = policy_of(row), placeholders = placeholders_of(row),
+    name = name, socket = sock, policy = pol, placeholders = placeholders_of(row),
     hook_token = row.hook_token, sandbox = row,
     secrets = function(secret) return self:secret(secret, (type(row.data) == "table" and row.data.secret_refs) or nil) end,
   }
@@ -330,9 +331,10 @@ function Daemon:register(name)
   if uv.fs_stat(sock) then uv.fs_chmod(sock, tonumber("666", 8)) end
   hooks.detach(name)
   self.sandboxes[name] = {
-    row = row, socket = sock, registered_at = now_ms(),
+    row = row, socket = sock, registered_at = now_ms(), policy_files = pol.files,
     events = prev and prev.events or 0, last_event_at = prev and prev.last_event_at,
   }
+  self:watch_policies()
   self:log("info", "registered %s (%s)", name, sock)
   return { sandbox = name, socket = sock }
 end
@@ -349,6 +351,7 @@ function Daemon:unregister(name)
   end
   if reg then
     uv.fs_unlink(reg.socket)
+    self:watch_policies()
     self:log("info", "unregistered %s", name)
   end
   return { sandbox = name, was_registered = reg ~= nil }
@@ -366,8 +369,12 @@ function Daemon:reload_one(name)
     errors.raise("daemon.not_found", "no sandbox named '" .. name .. "'", "'foundry ls' lists the sandboxes")
   end
   if row.hook_token ~= reg.row.hook_token then return self:register(name) end
-  self.eng:update_policy(name, policy_of(row))
+  local pol = policy_of(row)
+  self.eng:update_policy(name, pol)
   reg.row = row
+  reg.policy_files = pol.files
+  reg.policy_error = nil
+  self:watch_policies()
   hooks.detach(name)
   self:log("info", "reloaded %s", name)
   return { sandbox = name, socket = reg.socket }
@@ -380,10 +387,107 @@ function Daemon:reload(name)
   local out = {}
   for n in pairs(self.sandboxes) do
     local ok, err = pcall(self.reload_one, self, n)
-    if ok then out[#out + 1] = n else self:log("error", "reload %s: %s", n, errors.message(err)) end
+    if ok then
+      out[#out + 1] = n
+    else
+      if self.sandboxes[n] then self.sandboxes[n].policy_error = errors.message(err) end
+      self:log("error", "reload %s: %s", n, errors.message(err))
+    end
   end
   table.sort(out)
   return { reloaded = json.array(out) }
+end
+
+-- ------------------------------------------------------------------ policy files
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  return (uv.cwd() or ".") .. "/" .. path
+end
+
+--- Watch the files the registered sandboxes' policies were read from (their own and
+--- what they extend). Editors replace a file rather than write it in place, so the
+--- watch is on each file's directory, filtered by name.
+function Daemon:watch_policies()
+  if not self.running then return end
+  local want = {}
+  for _, reg in pairs(self.sandboxes) do
+    for _, f in ipairs(reg.policy_files or {}) do
+      local dir, base = absolute(f):match("^(.*)/([^/]+)$")
+      if dir then
+        want[dir] = want[dir] or {}
+        want[dir][base] = true
+      end
+    end
+  end
+  self.watchers = self.watchers or {}
+  for dir, w in pairs(self.watchers) do
+    if not want[dir] then
+      if not w.handle:is_closing() then w.handle:close() end
+      self.watchers[dir] = nil
+    end
+  end
+  for dir, files in pairs(want) do
+    local w = self.watchers[dir]
+    if not w then
+      local h = uv.new_fs_event()
+      local ok, err = h:start(dir, {}, function(werr, fname)
+        if werr then self:log("warn", "watching %s: %s", dir, tostring(werr)) return end
+        self:policy_changed(dir, fname)
+      end)
+      if ok then
+        w = { handle = h }
+        self.watchers[dir] = w
+      else
+        h:close()
+        self:log("warn", "cannot watch %s for policy changes: %s (foundry policy reload still works)", dir, tostring(err))
+      end
+    end
+    if w then w.files = files end
+  end
+end
+
+Daemon.POLICY_SETTLE_MS = 200
+
+--- A watched directory changed: once writes have settled, reload every sandbox whose
+--- policy was read from a changed file. A policy that no longer loads keeps the old one
+--- (the error goes to the log and to `foundry daemon status`).
+function Daemon:policy_changed(dir, fname)
+  local w = self.watchers and self.watchers[dir]
+  if not w or not fname or not w.files[fname] then return end
+  self.changed_policies = self.changed_policies or {}
+  self.changed_policies[dir .. "/" .. fname] = true
+  if self.policy_timer then self.policy_timer:stop() else self.policy_timer = uv.new_timer() end
+  self.policy_timer:start(self.POLICY_SETTLE_MS, 0, function()
+    local changed = self.changed_policies
+    self.changed_policies = {}
+    task.spawn(function() self:reload_changed(changed) end)
+  end)
+end
+
+function Daemon:reload_changed(changed)
+  if not self.running then return end
+  local names = {}
+  for name, reg in pairs(self.sandboxes) do
+    for _, f in ipairs(reg.policy_files or {}) do
+      if changed[absolute(f)] then names[#names + 1] = name; break end
+    end
+  end
+  table.sort(names)
+  local files = {}
+  for f in pairs(changed) do files[#files + 1] = f end
+  table.sort(files)
+  for _, name in ipairs(names) do
+    local ok, err = pcall(self.reload_one, self, name)
+    local reg = self.sandboxes[name]
+    if ok then
+      if reg then reg.policy_error = nil end
+    else
+      if reg then reg.policy_error = errors.message(err) end
+      self:log("error", "policy of %s changed but does not load; it keeps the previous one: %s", name, errors.message(err))
+    end
+  end
+  if #names > 0 then self:log("info", "policy file changed (%s): reloaded %s", table.concat(files, ", "), table.concat(names, ", ")) end
 end
 
 --- Register every sandbox the state database holds that is not stopped or gone.
@@ -470,7 +574,8 @@ function Daemon:status()
   for name, reg in pairs(self.sandboxes) do
     list[#list + 1] = { name = name, socket = reg.socket, registered_at = reg.registered_at,
       events = reg.events, last_event = reg.last_event, last_event_at = reg.last_event_at,
-      state = reg.row.state }
+      state = reg.row.state, policy_files = json.array(reg.policy_files or {}),
+      policy_error = reg.policy_error }
   end
   table.sort(list, function(a, b) return a.name < b.name end)
   local proxy
@@ -699,6 +804,9 @@ function Daemon:stop(reason)
   self:log("info", "stopping (%s)", reason or "stop")
   for _, h in ipairs(self.signals) do if not h:is_closing() then h:close() end end
   self.signals = {}
+  for _, w in pairs(self.watchers or {}) do if not w.handle:is_closing() then w.handle:close() end end
+  self.watchers = {}
+  if self.policy_timer then self.policy_timer:close(); self.policy_timer = nil end
   if self.server and not self.server:is_closing() then self.server:close() end
   uv.fs_unlink(self.files.socket)
   for conn in pairs(self.conns) do

@@ -341,16 +341,17 @@ local function read_source(ref)
     if not f then errors.raise("policy.not_found", "cannot open policy " .. ref .. ": " .. tostring(err)) end
     local src = f:read("a")
     f:close()
-    return src, "@" .. ref, ref
+    return src, "@" .. ref, ref, ref
   end
   if not ref:match("^[%w_-]+$") then errors.raise("policy.not_found", "no policy named '" .. ref .. "'") end
   local dev = os.getenv("FOUNDRY_LUA_PATH")
   if dev and dev ~= "" then
-    local f = io.open(dev .. "/../policies/" .. ref .. ".lua", "rb")
+    local file = dev .. "/../policies/" .. ref .. ".lua"
+    local f = io.open(file, "rb")
     if f then
       local src = f:read("a")
       f:close()
-      return src, "@policies/" .. ref .. ".lua", "policies/" .. ref .. ".lua"
+      return src, "@policies/" .. ref .. ".lua", "policies/" .. ref .. ".lua", file
     end
   end
   local src = require("foundry._host").resource("policies/" .. ref .. ".lua")
@@ -389,10 +390,17 @@ function M.merge(parent, child)
   return out
 end
 
-local function new_policy(data, where, vm)
-  local self = setmetatable({ data = data, where = where, vm = vm }, Policy)
+local function new_policy(data, where, vm, files)
+  local self = setmetatable({ data = data, where = where, vm = vm, files = files or {} }, Policy)
   self.spec = M.normalize(data, where)
   return self
+end
+
+-- The files a policy was read from: its own, then those of what it extends.
+local function files_of(file, base)
+  local out = { file }
+  for _, f in ipairs(base and base.files or {}) do out[#out + 1] = f end
+  return out
 end
 
 --- Load a policy by name (policies/NAME.lua, shipped) or path. Its code runs in a
@@ -401,26 +409,29 @@ end
 function M.load(ref, depth)
   depth = depth or 0
   if depth > 8 then errors.raise("policy.invalid", ref .. ": extends nests too deeply") end
-  local src, chunk, where = read_source(ref)
-  return M.from_source(src, chunk, where, depth)
+  local src, chunk, where, file = read_source(ref)
+  return M.from_source(src, chunk, where, depth, file)
 end
 
---- Load a policy from source text (a chunk returning a table).
-function M.from_source(src, chunkname, where, depth)
+--- Load a policy from source text (a chunk returning a table). `file`: the path it was
+--- read from, if any (the daemon watches it: see Policy.files).
+function M.from_source(src, chunkname, where, depth, file)
   local vmmod = require "foundry.vm"
   local vm = vmmod.new({ memory = M.MEMORY, instructions = M.INSTRUCTIONS, name = where })
   local ok, data = pcall(vm.load, vm, src, chunkname or "=policy")
   if not ok then
     vm:close()
-    errors.raise("policy.invalid", (where or "policy") .. ": " .. errors.message(data),
-      "a policy file is a Lua chunk returning a table")
+    local msg = errors.message(data)
+    if where and msg:sub(1, #where + 1) ~= where .. ":" then msg = where .. ": " .. msg end
+    errors.raise("policy.invalid", msg, "a policy file is a Lua chunk returning a table")
   end
   if type(data) ~= "table" then
     vm:close()
     errors.raise("policy.invalid", (where or "policy") .. ": expected the file to return a table, got " .. type(data))
   end
+  local base
   if data.extends then
-    local base = M.load(data.extends, (depth or 0) + 1)
+    base = M.load(data.extends, (depth or 0) + 1)
     if data.on_request == nil and base.vm and base.data.on_request then
       vm:close()
       vm = base.vm
@@ -430,7 +441,7 @@ function M.from_source(src, chunkname, where, depth)
     data = M.merge(base.data, data)
   end
   if not data.on_request then vm:close(); vm = nil end
-  return new_policy(data, where, vm)
+  return new_policy(data, where, vm, files_of(file, base))
 end
 
 --- A policy from a plain table (a preset's, or built in code). `on_request` may be Lua
@@ -452,12 +463,13 @@ function M.from_table(t, where)
       errors.raise("policy.invalid", (where or "policy") .. ": on_request: " .. errors.message(err))
     end
   end
+  local base
   if data.extends then
-    local base = M.load(data.extends)
+    base = M.load(data.extends)
     if not vm and base.vm and base.data.on_request then vm = base.vm elseif base.vm then base.vm:close() end
     data = M.merge(base.data, data)
   end
-  return new_policy(data, where, vm)
+  return new_policy(data, where, vm, files_of(nil, base))
 end
 
 --- A new policy: `base` with `changes` merged over it (lists appended). The on_request
@@ -465,7 +477,7 @@ end
 function M.extend(base, changes)
   base = M.from_table(base)
   local data = M.merge(base.data, changes)
-  local self = setmetatable({ data = data, where = base.where, vm = base.vm }, Policy)
+  local self = setmetatable({ data = data, where = base.where, vm = base.vm, files = base.files }, Policy)
   self.spec = M.normalize(data, base.where)
   return self
 end

@@ -463,6 +463,11 @@ end
 local function resolve(tbl, found, seen, depth)
   local where = { file = found.path or (found.origin .. " preset '" .. found.name .. "'"), source = found.source }
   M.validate(tbl, where)
+  -- a policy file named relative to the preset means relative to the preset's file
+  if type(tbl.policy) == "string" and is_path(tbl.policy) then
+    tbl.policy = expand_home(tbl.policy)
+    if tbl.policy:sub(1, 1) ~= "/" and found.path then tbl.policy = dirname(found.path) .. "/" .. tbl.policy end
+  end
   if not tbl.extends then return tbl, { found.path or found.name } end
   if depth > 16 then errors.raise("preset.invalid", where.file .. ": 'extends' goes more than 16 deep") end
   local base = found.path and dirname(found.path) or nil

@@ -225,6 +225,15 @@ function M.resolve(spec)
   r.agent = agent
   if r.tmux == nil then r.tmux = true end
   if r.name ~= nil then check_name(r.name) end
+  if type(r.policy) == "string" then
+    -- the daemon loads it later, from another directory: a path is kept absolute, and a
+    -- policy that does not load stops the creation here, before anything exists
+    local ref = r.policy
+    if ref:sub(1, 2) == "~/" then ref = (os.getenv("HOME") or "") .. ref:sub(2) end
+    if (ref:find("/", 1, true) or ref:match("%.lua$")) and ref:sub(1, 1) ~= "/" then ref = uv.cwd() .. "/" .. ref end
+    r.policy = ref
+    require("foundry.policy").load(ref):close()
+  end
   return r
 end
 

@@ -288,6 +288,55 @@ describe("daemon and the proxy engine", function()
     up.close()
   end)
 
+  it("reloads a sandbox when its policy file changes; an edit that does not load keeps the old one", { timeout = 30000 }, function()
+    local up = upstream("ok")
+    client.ensure()
+    local file = home .. "/policy.lua"
+    local function write_policy(src)
+      fs.write(file .. ".tmp", src)
+      assert(uv.fs_rename(file .. ".tmp", file)) -- as editors save
+    end
+    local function allowing(host)
+      return ("return { allow = { %q }, addresses = { '127.0.0.1/32' },\n" ..
+        "  overrides = { ['upstream.test'] = { address = '127.0.0.1', port = %d } } }\n"):format(host, up.port)
+    end
+    write_policy(allowing("upstream.test"))
+    state.sandboxes.insert{ name = "web", state = "running", hook_token = "token-web-0123456789abcdef",
+      data = { policy = file } }
+    client.call("register", { sandbox = "web" })
+    local sock = home .. "/run/sb/web/proxy.sock"
+    local function until_status(pattern)
+      local r
+      for _ = 1, 100 do
+        r = proxied_get(net.unix_connect(sock))
+        if r:match(pattern) then return r end
+        foundry.sleep(50)
+      end
+      return r
+    end
+    expect(proxied_get(net.unix_connect(sock))):matches("^HTTP/1.1 200")
+    expect(client.status().sandboxes[1].policy_files):equals({ file })
+
+    write_policy(allowing("other.test"))
+    expect(until_status("^HTTP/1.1 403")):matches("^HTTP/1.1 403")
+
+    write_policy("return { allow = { 'upstream.test' }\n")
+    local st
+    for _ = 1, 100 do
+      st = client.status().sandboxes[1]
+      if st.policy_error then break end
+      foundry.sleep(50)
+    end
+    expect(st.policy_error):matches("policy%.lua:%d")
+    expect(proxied_get(net.unix_connect(sock))):matches("^HTTP/1.1 403") -- the previous policy
+
+    write_policy(allowing("upstream.test"))
+    expect(until_status("^HTTP/1.1 200")):matches("^HTTP/1.1 200")
+    expect(client.status().sandboxes[1].policy_error):is_nil()
+    expect(fs.read(client.status().log)):matches("policy file changed %(" .. file:gsub("%p", "%%%0") .. "%): reloaded web")
+    up.close()
+  end)
+
   describe("hook events", function()
     local TOKEN = "hook-token-for-events-0123456789"
 

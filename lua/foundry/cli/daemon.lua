@@ -33,6 +33,9 @@ local function print_status(st)
     for _, sb in ipairs(st.sandboxes) do
       lines[#lines + 1] = string.format("    %-24s %-10s %7d  %s", sb.name, sb.state or "-", sb.events or 0,
         sb.last_event and (sb.last_event .. ", " .. ago(sb.last_event_at)) or "-")
+      if sb.policy_error then
+        lines[#lines + 1] = "      policy not reloaded (the previous one applies): " .. sb.policy_error
+      end
     end
   end
   return table.concat(lines, "\n")

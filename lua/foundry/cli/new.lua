@@ -11,6 +11,7 @@ local FLAGS = {
   { "preset", short = "p", type = "string", arg = "PRESET", complete = "presets", help = "a preset name or file (see foundry preset ls)" },
   { "image", type = "string", arg = "IMAGE", help = "the container image (default $FOUNDRY_IMAGE or foundry/sandbox:latest)" },
   { "network", type = "string", values = NETWORKS, arg = "MODE", help = "egress through the proxy: none, allowlist (default), host-only, open" },
+  { "policy", type = "string", arg = "POLICY", complete = "files", help = "the network policy: a file or a shipped policy's name (see foundry policy ls)" },
   { "volume", short = "v", type = "list", arg = "HOST:CTR[:ro]", complete = "files", help = "bind-mount a host path (repeatable)" },
   { "copy", type = "list", arg = "HOST:CTR", complete = "files", help = "copy a host file or directory in (repeatable)" },
   { "env", short = "e", type = "list", arg = "KEY=VAL", help = "set an environment variable (repeatable)" },
@@ -80,7 +81,7 @@ end
 function M.spec(opts, args)
   local spec = {
     repo = args[1], name = opts.name, branch = opts.branch, from = opts.from, preset = opts.preset,
-    image = opts.image, network = opts.network, cpus = opts.cpus, memory = opts.memory,
+    image = opts.image, network = opts.network, policy = opts.policy, cpus = opts.cpus, memory = opts.memory,
     pids = opts.pids and math.tointeger(opts.pids) or nil, workdir = opts.wd,
     allow_dangerous_mount = opts["allow-dangerous-mount"] or nil,
     carry_changes = opts["carry-changes"] or nil,
@@ -96,8 +97,11 @@ end
 -- What --save-as keeps: the options that describe a kind of sandbox, not this one.
 local function preset_of(spec)
   local p = {}
-  for _, k in ipairs({ "image", "network", "cpus", "memory", "pids", "workdir", "mounts", "copy", "env", "from" }) do
+  for _, k in ipairs({ "image", "network", "policy", "cpus", "memory", "pids", "workdir", "mounts", "copy", "env", "from" }) do
     p[k] = spec[k]
+  end
+  if p.policy and (p.policy:find("/", 1, true) or p.policy:match("%.lua$")) and not p.policy:match("^[/~]") then
+    p.policy = require("luv").cwd() .. "/" .. p.policy -- the saved file lives elsewhere
   end
   if spec.preset then
     p.extends = spec.preset
