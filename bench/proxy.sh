@@ -2,11 +2,11 @@
 # The proxy benchmark, side by side in one run (docs/performance.md "Proxy"):
 #   1. plain HTTP: direct vs Foundry vs squid (wrk; latency at 1 connection, req/s at 64)
 #   2. HTTPS upstream with a credential swap: Foundry's gateway vs mitmproxy (reverse mode,
-#      a header-swap script), both verifying the upstream
+#      a header-swap script), both verifying the upstream (nginx, else socat)
 #   3. CONNECT tunnel throughput vs direct (curl, 1 GB)
 #   4. policy decision time with a 1 000-rule allowlist
 #   5. memory with 100 sandboxes registered and 10 000 idle connections
-# Bench-only Debian packages: wrk, squid, mitmproxy (socat, curl, openssl, python3 from deps).
+# Bench-only Debian packages: wrk, squid, mitmproxy, nginx-light (socat, curl, openssl, python3 from deps).
 #   bench/proxy.sh [SECONDS] [SECTION...]   (default 10 s per wrk run, every section)
 #   sections: plain swap tunnel decide memory
 set -euo pipefail
@@ -35,11 +35,38 @@ printf 'subjectAltName=DNS:bench.test,IP:127.0.0.1\n' >"$tmp/ext"
 openssl x509 -req -in "$tmp/srv.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" -CAcreateserial -out "$tmp/srv.crt" -days 1 -extfile "$tmp/ext" 2>/dev/null
 cat "$tmp/srv.crt" "$tmp/srv.key" >"$tmp/srv.pem"
 
-# upstreams: plain (a luv server in its own process) and TLS in front of it (socat)
+# upstreams: plain (a luv server in its own process) and TLS: nginx answering itself
+# (one worker, keep-alive), else socat in front of the plain one (a slower ceiling)
 "$FOUNDRY" run bench/proxy_upstream.lua "$tmp/up.port" & pids+=($!)
 waitfile "$tmp/up.port"; UP=$(cat "$tmp/up.port")
 TLS=$(freeport)
-socat OPENSSL-LISTEN:$TLS,bind=127.0.0.1,fork,reuseaddr,cert="$tmp/srv.pem",verify=0 TCP:127.0.0.1:$UP & pids+=($!)
+if command -v nginx >/dev/null; then
+  mkdir -p "$tmp/nginx"
+  cat >"$tmp/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/nginx; proxy_temp_path $tmp/nginx; fastcgi_temp_path $tmp/nginx;
+  uwsgi_temp_path $tmp/nginx; scgi_temp_path $tmp/nginx;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$TLS ssl;
+    ssl_certificate $tmp/srv.crt;
+    ssl_certificate_key $tmp/srv.key;
+    location / { default_type text/plain; return 200 "hello, world\n"; }
+  }
+}
+CONF
+  nginx -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" & pids+=($!)
+  TLS_NAME="nginx, one worker"
+else
+  socat OPENSSL-LISTEN:$TLS,bind=127.0.0.1,fork,reuseaddr,cert="$tmp/srv.pem",verify=0 TCP:127.0.0.1:$UP & pids+=($!)
+  TLS_NAME="socat in front of the plain upstream"
+fi
 
 # Foundry
 "$FOUNDRY" run bench/proxy_server.lua "$tmp/fd.port" "$UP" "$TLS" "$tmp/ca.crt" & pids+=($!)
@@ -110,6 +137,7 @@ run "squid" "http://127.0.0.1:$SQ/" -t2 -c64 -d"$secs"s -s "$tmp/proxy.lua"
 fi
 if want swap; then
 echo "== HTTPS upstream with a credential swap, 16 connections"
+echo "(TLS upstream: $TLS_NAME)"
 run "direct to the TLS upstream (ceiling)" "https://127.0.0.1:$TLS/" -t2 -c16 -d"$secs"s
 run "foundry gateway" "http://127.0.0.1:$FD/_gw/bench/" -t2 -c16 -d"$secs"s -s "$tmp/swap.lua"
 run "mitmproxy + swap script" "http://127.0.0.1:$MP/" -t2 -c16 -d"$secs"s -s "$tmp/swap.lua"

@@ -110,7 +110,7 @@ local show, key_path = util.show_value, util.key_path
 local function fail(where, path, msg)
   local p = key_path(path)
   errors.raise("policy.invalid", (where or "policy") .. ": " .. (p ~= "" and (p .. ": ") or "") .. msg,
-    "see docs/policies.md, or run: foundry policy check FILE")
+    "see docs/policies.md, or run: foundry policy check FILE", { where = where, key = path })
 end
 
 local function append(path, k)
@@ -441,7 +441,15 @@ function M.from_source(src, chunkname, where, depth, file)
     data = M.merge(base.data, data)
   end
   if not data.on_request then vm:close(); vm = nil end
-  return new_policy(data, where, vm, files_of(file, base))
+  local pok, pol = pcall(new_policy, data, where, vm, files_of(file, base))
+  if pok then return pol end
+  if vm then vm:close() end
+  -- a value this file set is wrong: say on which line
+  if errors.is(pol, "policy.invalid") and pol.where == where and where and pol.key then
+    local line = util.line_of(src, pol.key)
+    if line then pol.message = where .. ":" .. line .. pol.message:sub(#where + 1) end
+  end
+  error(pol, 0)
 end
 
 --- A policy from a plain table (a preset's, or built in code). `on_request` may be Lua

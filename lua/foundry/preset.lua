@@ -125,26 +125,7 @@ local show, key_path = util.show_value, util.key_path
 
 -- Best-effort line of a key path in the source text: each named key is searched after
 -- the previous one. A function value knows its own line.
-local function line_of(src, path, value)
-  if type(value) == "function" then
-    local info = debug.getinfo(value, "S")
-    if info and info.linedefined and info.linedefined > 0 then return info.linedefined end
-  end
-  if not src then return nil end
-  local pos, line = 1, nil
-  for _, k in ipairs(path) do
-    if type(k) == "string" then
-      local esc = k:gsub("%p", "%%%0")
-      local s = src:find("%f[%w_]" .. esc .. "%f[^%w_]%s*=", pos)
-        or src:find("%[%s*[\"']" .. esc .. "[\"']%s*%]%s*=", pos)
-      if not s then break end
-      pos = s + 1
-      local _, n = src:sub(1, s):gsub("\n", "")
-      line = n + 1
-    end
-  end
-  return line
-end
+local line_of = util.line_of
 
 local function fail(where, path, value, msg, shown)
   local loc = where.file or "preset"

@@ -100,4 +100,27 @@ function M.key_path(path)
   return table.concat(out)
 end
 
+--- The line of `src` (Lua source of a table) where the key path `path` (a list of keys)
+--- is set, or the line a function `value` was defined on; nil when it cannot tell.
+function M.line_of(src, path, value)
+  if type(value) == "function" then
+    local info = debug.getinfo(value, "S")
+    if info and info.linedefined and info.linedefined > 0 then return info.linedefined end
+  end
+  if not src then return nil end
+  local pos, line = 1, nil
+  for _, k in ipairs(path) do
+    if type(k) == "string" then
+      local esc = k:gsub("%p", "%%%0")
+      local s = src:find("%f[%w_]" .. esc .. "%f[^%w_]%s*=", pos)
+        or src:find("%[%s*[\"']" .. esc .. "[\"']%s*%]%s*=", pos)
+      if not s then break end
+      pos = s + 1
+      local _, n = src:sub(1, s):gsub("\n", "")
+      line = n + 1
+    end
+  end
+  return line
+end
+
 return M
