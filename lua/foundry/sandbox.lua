@@ -507,7 +507,8 @@ end
 --- Tell the daemon about the sandbox (its proxy socket, hooks). Returns true when done,
 --- false and why when there is no daemon to tell.
 function M.register(sb)
-  if sb.network == "none" then return false, "network none: no proxy" end
+  -- network none registers too: its policy (mode none) refuses every host, and the socket
+  -- carries the agent's hook events (auto-commit); no bridge or proxy variables point at it
   local client = daemon_client()
   if not client then return false, "the daemon is not available in this build" end
   if client.ensure then client.ensure() end

@@ -527,3 +527,41 @@ describe("the other commands", function()
     fs.unlink(env.repo .. "/untracked.txt")
   end)
 end)
+
+describe("a sandbox with network none", function()
+  before_all(function()
+    fs.write(env.root .. "/presets/offline.lua",
+      'return { network = "none", hooks = { post_tool_use = "commit", debounce_ms = 300 } }\n')
+    L.ok{ "new", "-d", "-n", "offline", "-p", "offline" }
+  end)
+  after_all(function() pcall(L.cli, { "rm", "-y", "--discard", "offline" }) end)
+
+  local function sh(script)
+    local r = L.cli{ "exec", "offline", "sh", "-c", "cd /workspace && (" .. script .. ") 2>&1" }
+    return { status = r.status, out = (r.stdout or "") .. (r.stderr or "") }
+  end
+
+  it("has no proxy to reach: nothing listens on 127.0.0.1:3128, the socket refuses every host", function()
+    expect(sh("env | grep -ci '^https\\?_proxy=' || true").out):equals("0\n")
+    expect(sh("curl -s -m 5 -o /dev/null -x http://127.0.0.1:3128 http://example.test/; echo $?").out):equals("7\n")
+    local r = sh([[python3 -c 'import socket
+s = socket.socket(socket.AF_UNIX); s.connect("/run/foundry/proxy.sock")
+s.sendall(b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+print(s.recv(65536).decode())']])
+    expect(r.out):matches("^HTTP/1.1 403")
+    expect(r.out):matches('"rule"%s*:%s*"mode"')
+  end)
+
+  it("still gets its hook events: the agent's edits are committed", { timeout = 60000 }, function()
+    local before = tonumber(sh("git rev-list --count HEAD").out)
+    expect(sh("echo offline > offline.txt; echo '{}' | foundry-shim notify post-tool-use").status):equals(0)
+    local done = false
+    for _ = 1, 100 do
+      if tonumber(sh("git rev-list --count HEAD").out) == before + 1 then done = true; break end
+      foundry.sleep(200)
+    end
+    expect(done):truthy()
+    expect(sh("git status --porcelain").out):equals("")
+    expect(sh("git show --stat --format= HEAD").out):matches("offline%.txt")
+  end)
+end)
