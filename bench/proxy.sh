@@ -161,6 +161,14 @@ awk -v d="$d" -v t="$t" -v c="$c" -v s="$s" -v tc="$tc" -v cc="$cc" -v hz="$hz" 
   printf "foundry (splice)    %6.0f MB/s  %.2fx direct, proxy CPU %.2f s per GiB\n", t/1e6, t/d, tc/hz/3
   printf "foundry (copying)   %6.0f MB/s  %.2fx direct, proxy CPU %.2f s per GiB\n", c/1e6, c/d, cc/hz/3
   printf "squid               %6.0f MB/s  %.2fx direct\n", s/1e6, s/d }'
+# eight bulk tunnels at once (256 MiB each): one loop thread carries them all
+par() { local t0 ms; t0=$(date +%s%N)
+  for _ in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null "$@" "http://127.0.0.1:$UP/bytes?n=$((N / 4))" & done; wait
+  ms=$(( ($(date +%s%N) - t0) / 1000000 )); echo $(( 2048 * 1000 / ms )); }
+pd=$(par); c0=$(cpu "$FD_PID"); pt=$(par -p -x "http://127.0.0.1:$FD"); ptc=$(( $(cpu "$FD_PID") - c0 ))
+c0=$(cpu "$FDC_PID"); pc=$(par -p -x "http://127.0.0.1:$FDC"); pcc=$(( $(cpu "$FDC_PID") - c0 ))
+awk -v d="$pd" -v t="$pt" -v c="$pc" -v tc="$ptc" -v cc="$pcc" -v hz="$hz" 'BEGIN {
+  printf "8 at once: direct %d MiB/s, foundry (splice) %d MiB/s (%.2fx, proxy CPU %.2f s), (copying) %d MiB/s (%.2fx, proxy CPU %.2f s)\n", d, t, t/d, tc/hz, c, c/d, cc/hz }'
 # a link's worth: does a tunnel keep up with 1 GB/s offered (curl --limit-rate), as a fast
 # network would offer it, rather than with two processes copying on loopback?
 ld=$(best --limit-rate 1000M "http://127.0.0.1:$UP/bytes?n=$N")
