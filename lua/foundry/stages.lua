@@ -291,22 +291,8 @@ local function home_files(sb, r)
   }
 end
 
--- Agent settings: the post-tool-use hook of the agents that have one.
-local function agent_files(r)
-  local files = {}
-  local agent = r.agent and r.agent.name
-  local hook = r.hooks and r.hooks.post_tool_use
-  if agent == "claude" and hook then
-    files["~/.claude/settings.json"] = require("foundry.json").encode({
-      hooks = { PostToolUse = { { matcher = "*", hooks = { { type = "command",
-        command = "foundry-shim notify post-tool-use >/dev/null 2>&1 || true" } } } } },
-    })
-  end
-  return files
-end
-
--- MCP servers in the agent's own configuration format.
-local function mcp_files(r)
+-- The MCP servers of spec `r`, in the shape the agents' files share (nil: none).
+local function mcp_servers(r)
   local json = require "foundry.json"
   local servers = {}
   for name, s in pairs(r.mcp or {}) do
@@ -323,13 +309,49 @@ local function mcp_files(r)
       servers[name] = entry
     end
   end
-  if next(servers) == nil then return nil end
+  return next(servers) and servers or nil
+end
+
+-- What the agent runs after it used a tool (or finished a turn): the shim signs the event
+-- and hands it to the daemon through the sandbox's socket; a failure never stops the agent.
+local NOTIFY = "foundry-shim notify post-tool-use >/dev/null 2>&1"
+
+--- The agent's own configuration files for spec `r`: its post-tool-use hook when the spec
+--- has one (Claude Code: a PostToolUse hook; Gemini CLI: an AfterTool hook, with the hooks
+--- system turned on; Codex: `notify`, run at the end of each turn with the event as its
+--- last argument) and its MCP servers, merged where an agent keeps both in one file.
+function M.agent_files(r)
+  local json = require "foundry.json"
+  local files = {}
   local agent = r.agent and r.agent.name
-  if agent == "claude" then return { ["~/.claude.json"] = json.encode({ mcpServers = servers }) } end
-  if agent == "gemini" then return { ["~/.gemini/settings.json"] = json.encode({ mcpServers = servers }) } end
-  if agent == "codex" then
+  local hook = r.hooks and r.hooks.post_tool_use
+  local servers = mcp_servers(r)
+  if agent == "claude" then
+    if hook then
+      files["~/.claude/settings.json"] = json.encode({
+        hooks = { PostToolUse = { { matcher = "*", hooks = { { type = "command", command = NOTIFY .. " || true" } } } } },
+      })
+    end
+    if servers then files["~/.claude.json"] = json.encode({ mcpServers = servers }) end
+  elseif agent == "gemini" then
+    local settings = {}
+    if hook then
+      -- Gemini parses a hook's stdout as JSON: it gets an empty object
+      settings.tools = { enableHooks = true }
+      settings.hooks = { AfterTool = { { matcher = "*", hooks = { { name = "foundry-notify", type = "command",
+        command = NOTIFY .. "; echo '{}'" } } } } }
+    end
+    if servers then settings.mcpServers = servers end
+    if next(settings) then files["~/.gemini/settings.json"] = json.encode(settings) end
+  elseif agent == "codex" then
     local lines = {}
-    for _, name in ipairs(util.keys(servers)) do
+    if hook then
+      -- top-level keys come before the tables; JSON arrays of strings are TOML arrays
+      lines[#lines + 1] = "notify = " .. json.encode({ "/bin/sh", "-c",
+        "printf '%s' \"$1\" | " .. NOTIFY .. " || true", "foundry-notify" })
+      lines[#lines + 1] = ""
+    end
+    for _, name in ipairs(util.keys(servers or {})) do
       local e = servers[name]
       lines[#lines + 1] = "[mcp_servers." .. name .. "]"
       if e.command then lines[#lines + 1] = "command = " .. json.encode(e.command) end
@@ -340,9 +362,11 @@ local function mcp_files(r)
       end
       lines[#lines + 1] = ""
     end
-    return { ["~/.codex/config.toml"] = table.concat(lines, "\n") }
+    if #lines > 0 then files["~/.codex/config.toml"] = table.concat(lines, "\n") end
+  elseif servers then
+    files["~/.config/foundry/mcp.json"] = json.encode({ mcpServers = servers })
   end
-  return { ["~/.config/foundry/mcp.json"] = json.encode({ mcpServers = servers }) }
+  return files
 end
 
 -- Run a preset's commands (shell strings, or functions given sb and ctx) in order.
@@ -404,7 +428,7 @@ function M.default()
     { name = "agent-config", description = "the agent's settings and hooks",
       run = function(sb, ctx)
         local r = ctx.spec
-        local files = agent_files(r)
+        local files = M.agent_files(r)
         for path, content in pairs(r.files or {}) do files[path] = content end
         if next(files) == nil then return ctx.skip("nothing to configure for " .. tostring(r.agent.name)) end
         sb:write_files(files)
@@ -429,9 +453,10 @@ function M.default()
       end },
     { name = "mcp", description = "MCP servers for the agent",
       run = function(sb, ctx)
-        local files = mcp_files(ctx.spec)
-        if not files then return ctx.skip("no MCP servers configured") end
-        sb:write_files(files)
+        if not mcp_servers(ctx.spec) then return ctx.skip("no MCP servers configured") end
+        -- the agent's files hold them (written with its hooks by agent-config; again here,
+        -- the same content, so a stage list without agent-config still gets them)
+        sb:write_files(M.agent_files(ctx.spec))
       end },
     { name = "customize", description = "the preset's setup commands",
       run = function(sb, ctx)

@@ -258,3 +258,60 @@ describe("stages.reporter", function()
     expect(text):contains("↺ deps")
   end)
 end)
+
+describe("the agent's own configuration files", function()
+  local hooks = { post_tool_use = "commit" }
+  local mcp = { files = { command = { "mcp-files", "--root", "/workspace" }, env = { LEVEL = "1" } } }
+
+  -- Parse TOML with Python's tomllib: a real parser, not ours.
+  local function toml(text)
+    local r = foundry.exec{ "python3", "-c", "import json, sys, tomllib; print(json.dumps(tomllib.loads(sys.stdin.read())))",
+      stdin = text }
+    expect(r.status):equals(0)
+    return json.decode(r.stdout)
+  end
+
+  it("gives Claude Code a PostToolUse hook and its MCP servers in their own files", function()
+    local f = stages.agent_files{ agent = { name = "claude" }, hooks = hooks, mcp = mcp }
+    local settings = json.decode(f["~/.claude/settings.json"])
+    expect(settings.hooks.PostToolUse[1].hooks[1].command):matches("^foundry%-shim notify post%-tool%-use")
+    expect(json.decode(f["~/.claude.json"]).mcpServers.files.command):equals("mcp-files")
+  end)
+
+  it("gives Gemini CLI an AfterTool hook (hooks turned on, JSON on stdout) merged with its MCP servers", function()
+    local f = stages.agent_files{ agent = { name = "gemini" }, hooks = hooks, mcp = mcp }
+    local settings = json.decode(f["~/.gemini/settings.json"])
+    expect(settings.tools.enableHooks):equals(true)
+    local h = settings.hooks.AfterTool[1]
+    expect(h.matcher):equals("*")
+    expect(h.hooks[1].type):equals("command")
+    expect(h.hooks[1].command):matches("notify post%-tool%-use.*; echo '{}'$")
+    expect(settings.mcpServers.files.args):equals({ "--root", "/workspace" })
+  end)
+
+  it("gives Codex a notify program before its MCP tables, in TOML a real parser reads", function()
+    local f = stages.agent_files{ agent = { name = "codex" }, hooks = hooks, mcp = mcp }
+    local t = toml(f["~/.codex/config.toml"])
+    expect(t.notify[1]):equals("/bin/sh")
+    expect(t.notify[3]):matches("notify post%-tool%-use")
+    expect(t.mcp_servers.files.command):equals("mcp-files")
+    expect(t.mcp_servers.files.env.LEVEL):equals("1")
+    -- the program gets the event as its last argument: it reaches the shim's stdin
+    local dir = fs.mkdtemp("/tmp/foundry-codex-XXXXXX")
+    fs.write(dir .. "/foundry-shim", "#!/bin/sh\ncat > " .. dir .. "/got; echo \"$@\" > " .. dir .. "/args\n")
+    fs.chmod(dir .. "/foundry-shim", tonumber("755", 8))
+    local argv = { env = { PATH = dir .. ":/usr/bin:/bin" } }
+    for i, a in ipairs(t.notify) do argv[i] = a end
+    argv[#argv + 1] = '{"type":"agent-turn-complete"}'
+    expect(foundry.exec(argv).status):equals(0)
+    expect(fs.read(dir .. "/got")):equals('{"type":"agent-turn-complete"}')
+    expect(fs.read(dir .. "/args")):equals("notify post-tool-use\n")
+    fs.rm(dir)
+  end)
+
+  it("writes nothing for an agent without hooks or MCP servers", function()
+    expect(next(stages.agent_files{ agent = { name = "codex" } })):is_nil()
+    expect(next(stages.agent_files{ agent = { name = "gemini" } })):is_nil()
+    expect(stages.agent_files{ agent = { name = "aider" }, mcp = mcp }["~/.config/foundry/mcp.json"]):matches("mcp%-files")
+  end)
+end)
