@@ -411,6 +411,14 @@ end
 function Daemon:watch_policies()
   if not self.running then return end
   local want = {}
+  -- the vault too: a secret set, replaced or removed reaches the proxy at once
+  local vault = optional("foundry.vault")
+  local vpath = vault and vault.path and vault.path()
+  if vpath and next(self.sandboxes) then
+    local dir, base = absolute(vpath):match("^(.*)/([^/]+)$")
+    if dir then want[dir] = { [base] = true } end
+    self.vault_file = absolute(vpath)
+  end
   for _, reg in pairs(self.sandboxes) do
     for _, f in ipairs(reg.policy_files or {}) do
       local dir, base = absolute(f):match("^(.*)/([^/]+)$")
@@ -468,9 +476,14 @@ end
 function Daemon:reload_changed(changed)
   if not self.running then return end
   local names = {}
+  local all = self.vault_file and changed[self.vault_file]
   for name, reg in pairs(self.sandboxes) do
-    for _, f in ipairs(reg.policy_files or {}) do
-      if changed[absolute(f)] then names[#names + 1] = name; break end
+    if all then
+      names[#names + 1] = name
+    else
+      for _, f in ipairs(reg.policy_files or {}) do
+        if changed[absolute(f)] then names[#names + 1] = name; break end
+      end
     end
   end
   table.sort(names)
@@ -487,7 +500,10 @@ function Daemon:reload_changed(changed)
       self:log("error", "policy of %s changed but does not load; it keeps the previous one: %s", name, errors.message(err))
     end
   end
-  if #names > 0 then self:log("info", "policy file changed (%s): reloaded %s", table.concat(files, ", "), table.concat(names, ", ")) end
+  if #names > 0 then
+    self:log("info", "%s changed (%s): reloaded %s", all and "the vault" or "policy file", table.concat(files, ", "),
+      table.concat(names, ", "))
+  end
 end
 
 --- Register every sandbox the state database holds that is not stopped or gone.

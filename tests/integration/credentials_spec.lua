@@ -119,4 +119,20 @@ describe("credentials", function()
     expect(r.out):contains("403")
     expect(r.out):contains("how_to_allow")
   end)
+
+  it("uses a key replaced in the vault at once, without a reload or a new sandbox", { timeout = 30000 }, function()
+    local NEW = "sk-ant-api03-ROTATEDkey-" .. string.rep("x", 40)
+    setenv("FOUNDRY_VAULT_PASSPHRASE", "correct horse battery staple")
+    L.ok{ "vault", "set", "work-anthropic", stdin = NEW }
+    local sent
+    for _ = 1, 50 do
+      local r = sh("cred", [[curl -sS -m 10 "$ANTHROPIC_BASE_URL/echo-auth" -H "x-api-key: $ANTHROPIC_API_KEY"]])
+      expect(r.out).never:contains(NEW)
+      sent = r.out:match('"you_sent": "([^"]*)"')
+      if sent == string.rep("*", #NEW) then break end
+      foundry.sleep(100)
+    end
+    expect(sent):equals(string.rep("*", #NEW)) -- the new key, masked on its way back
+    expect(fs.read(L.cli{ "daemon", "status", "--json" }.stdout:match('"log":"([^"]+)"'))):contains("the vault changed")
+  end)
 end)
