@@ -58,7 +58,7 @@ $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h proxy/*.h) Makefile
 
 $(BUILD)/embed: tools/embed.c
 	@mkdir -p $(BUILD)
-	$(CC) -std=c11 -O1 -Wall -Wextra -Werror $< -o $@
+	$(CC) -std=c11 -O1 -Wall -Wextra -Werror $(shell $(PKG) --cflags lua5.4) $< -o $@ $(shell $(PKG) --libs lua5.4)
 
 $(BUILD)/embedded.c: $(BUILD)/embed $(LUA_SRC) $(RE_LUA)
 	$(BUILD)/embed $@ $(LUA_SRC) re=$(RE_LUA)

@@ -118,7 +118,9 @@ static int searcher(lua_State *L)
 		lua_pushfstring(L, "no embedded module '%s'", name);
 		return 1;
 	}
-	if (luaL_loadbufferx(L, (const char *)e->src, e->len, e->chunk, "t") != LUA_OK)
+	/* embedded modules are bytecode compiled at build time by tools/embed.c; nothing
+	 * else is ever loaded as bytecode */
+	if (luaL_loadbufferx(L, (const char *)e->src, e->len, e->chunk, "b") != LUA_OK)
 		return lua_error(L);
 	lua_pushstring(L, e->chunk + 1);
 	return 2;

@@ -402,8 +402,12 @@ function M.create(spec)
     local ref = "refs/heads/" .. branch
     local taken = src:refs(ref)
     if taken[ref] then
+      -- most often the commits of an earlier sandbox of that name, kept by foundry rm
       errors.raise("git.branch_exists", "branch '" .. branch .. "' already exists in " .. source_path,
-        "pick another branch name (branch=), or delete that branch")
+        branch == "sandbox/" .. name
+          and ("a removed sandbox's commits are kept there: merge or delete it (git branch -D " .. branch ..
+            "), or give the new sandbox another name (-n) or branch (-b)")
+          or "pick another branch name (-b, branch=), or delete that branch")
     end
     local src_gitdir = strip(src.gitdir)
     for _, other in ipairs(M.list()) do
