@@ -21,6 +21,10 @@ clang "${common[@]}" -O1 tests/fuzz/seed_vault.c "${srcs[@]}" -lcrypto -o "$out/
 "$out/seed_vault" "$out/corpus/vault"
 printf '\x03\x01sk-live-0123\xffhunter2hunter2\xffabcdBearer xyz sk-live-0123 hunter2hunter2 eyJ' \
   >"$out/corpus/redact/seed-0"
+# inputs that once failed: every run replays them first
+for t in vault redact; do
+  [ -d "tests/fuzz/corpus/$t" ] && cp tests/fuzz/corpus/"$t"/* "$out/corpus/$t/" 2>/dev/null || true
+done
 status=0
 for t in vault redact; do
   echo "== fuzz_$t for ${secs}s"
