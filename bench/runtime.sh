@@ -21,6 +21,18 @@ echo "lua5.4 -e 'return 1':        ${lua_ms} ms"
 echo "foundry eval 'return 1':     ${fdr_ms} ms"
 echo "ratio foundry/lua:           $(echo "scale=2; $fdr_ms / $lua_ms" | bc)x"
 
+# FOUNDRY_OLD=path/to/another/foundry: the two binaries and lua5.4 interleaved, 10 rounds
+# of N/2 runs each, the best round of each kept (an A/B on a noisy machine)
+if [ -n "${FOUNDRY_OLD:-}" ]; then
+  best_l=999999; best_o=999999; best_n=999999; n=$((N / 2))
+  for _ in $(seq 10); do
+    l=$(N=$n startup lua5.4 -e 'return 1'); o=$(N=$n startup "$FOUNDRY_OLD" eval 'return 1'); f=$(N=$n startup "$F" eval 'return 1')
+    best_l=$(echo "if ($l < $best_l) $l else $best_l" | bc); best_o=$(echo "if ($o < $best_o) $o else $best_o" | bc)
+    best_n=$(echo "if ($f < $best_n) $f else $best_n" | bc)
+  done
+  echo "A/B best of 10: lua5.4 $best_l ms, $FOUNDRY_OLD $best_o ms ($(echo "scale=2; $best_o / $best_l" | bc)x), $F $best_n ms ($(echo "scale=2; $best_n / $best_l" | bc)x)"
+fi
+
 echo
 echo "== async round trip (in one foundry process)"
 "$F" eval '
