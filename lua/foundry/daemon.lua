@@ -384,18 +384,20 @@ end
 --- registered ones when `name` is nil). A policy that does not load keeps the old one.
 function Daemon:reload(name)
   if name then return { reloaded = json.array({ self:reload_one(name).sandbox }) } end
-  local out = {}
+  local out, failed = {}, {}
   for n in pairs(self.sandboxes) do
     local ok, err = pcall(self.reload_one, self, n)
     if ok then
       out[#out + 1] = n
     else
       if self.sandboxes[n] then self.sandboxes[n].policy_error = errors.message(err) end
+      failed[#failed + 1] = { sandbox = n, error = errors.message(err) }
       self:log("error", "reload %s: %s", n, errors.message(err))
     end
   end
   table.sort(out)
-  return { reloaded = json.array(out) }
+  table.sort(failed, function(a, b) return a.sandbox < b.sandbox end)
+  return { reloaded = json.array(out), failed = json.array(failed) }
 end
 
 -- ------------------------------------------------------------------ policy files

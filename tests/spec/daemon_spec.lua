@@ -329,6 +329,13 @@ describe("daemon and the proxy engine", function()
     end
     expect(st.policy_error):matches("policy%.lua:%d")
     expect(proxied_get(net.unix_connect(sock))):matches("^HTTP/1.1 403") -- the previous policy
+    -- the command says so too, and fails
+    local r = client.call("reload", { all = true })
+    expect(#r.failed):equals(1)
+    expect(r.failed[1].sandbox):equals("web")
+    local cmd = foundry_cmd("policy", "reload")
+    expect(cmd.status):equals(1)
+    expect(cmd.stderr):matches("web keeps its previous policy: .*policy%.lua:%d")
 
     write_policy(allowing("upstream.test"))
     expect(until_status("^HTTP/1.1 200")):matches("^HTTP/1.1 200")

@@ -97,19 +97,33 @@ local function reload(opts, args)
     errors.raise("daemon.not_running", "the daemon is not running: no sandbox has a proxy to reload",
       "foundry daemon start")
   end
-  local names = {}
+  local names, failed = {}, {}
   if #args == 0 then
     local r = client.call("reload", { all = true })
     for _, n in ipairs(r.reloaded or {}) do names[#names + 1] = n end
+    for _, f in ipairs(r.failed or {}) do failed[#failed + 1] = f end
   else
     for _, name in ipairs(args) do
-      local r = client.call("reload", { sandbox = name })
-      for _, n in ipairs(r.reloaded or {}) do names[#names + 1] = n end
+      local ok, r = pcall(client.call, "reload", { sandbox = name })
+      if ok then
+        for _, n in ipairs(r.reloaded or {}) do names[#names + 1] = n end
+      elseif errors.is(r, "policy.invalid") or errors.is(r, "policy.not_found") then
+        failed[#failed + 1] = { sandbox = name, error = errors.message(r) }
+      else
+        error(r, 0)
+      end
     end
   end
-  if opts.json then out_json({ reloaded = json.array and json.array(names) or names }); return 0 end
-  io.stdout:write(#names > 0 and ("reloaded: " .. table.concat(names, ", ") .. "\n") or "no sandbox reloaded\n")
-  return 0
+  if opts.json then
+    out_json({ reloaded = json.array(names), failed = json.array(failed) })
+    return #failed > 0 and 1 or 0
+  end
+  if #names > 0 then io.stdout:write("reloaded: ", table.concat(names, ", "), "\n") end
+  if #names == 0 and #failed == 0 then io.stdout:write("no sandbox reloaded\n") end
+  for _, f in ipairs(failed) do
+    io.stderr:write("foundry: ", f.sandbox, " keeps its previous policy: ", f.error, "\n")
+  end
+  return #failed > 0 and 1 or 0
 end
 
 return {
