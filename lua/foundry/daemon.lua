@@ -407,6 +407,15 @@ local function absolute(path)
   return (uv.cwd() or ".") .. "/" .. path
 end
 
+-- The paths whose change means the file `f` changed: itself and, for a symbolic link
+-- (dotfile managers), the file it points to.
+local function watched_paths(f)
+  local a = absolute(f)
+  local real = uv.fs_realpath(a)
+  if real and real ~= a then return { a, real } end
+  return { a }
+end
+
 --- Watch the files the registered sandboxes' policies were read from (their own and
 --- what they extend). Editors replace a file rather than write it in place, so the
 --- watch is on each file's directory, filtered by name.
@@ -423,10 +432,12 @@ function Daemon:watch_policies()
   end
   for _, reg in pairs(self.sandboxes) do
     for _, f in ipairs(reg.policy_files or {}) do
-      local dir, base = absolute(f):match("^(.*)/([^/]+)$")
-      if dir then
-        want[dir] = want[dir] or {}
-        want[dir][base] = true
+      for _, path in ipairs(watched_paths(f)) do
+        local dir, base = path:match("^(.*)/([^/]+)$")
+        if dir then
+          want[dir] = want[dir] or {}
+          want[dir][base] = true
+        end
       end
     end
   end
@@ -483,9 +494,11 @@ function Daemon:reload_changed(changed)
     if all then
       names[#names + 1] = name
     else
+      local hit = false
       for _, f in ipairs(reg.policy_files or {}) do
-        if changed[absolute(f)] then names[#names + 1] = name; break end
+        for _, path in ipairs(watched_paths(f)) do hit = hit or changed[path] ~= nil end
       end
+      if hit then names[#names + 1] = name end
     end
   end
   table.sort(names)

@@ -340,6 +340,18 @@ describe("daemon and the proxy engine", function()
     write_policy(allowing("upstream.test"))
     expect(until_status("^HTTP/1.1 200")):matches("^HTTP/1.1 200")
     expect(client.status().sandboxes[1].policy_error):is_nil()
+
+    -- a policy that is a symbolic link (a dotfile manager's): editing its target counts
+    fs.mkdir(home .. "/dotfiles")
+    local target = home .. "/dotfiles/policy.lua"
+    fs.write(target, allowing("upstream.test"))
+    assert(uv.fs_unlink(file))
+    assert(uv.fs_symlink(target, file))
+    client.call("reload", { sandbox = "web" }) -- the link is new: watched from now on
+    expect(proxied_get(net.unix_connect(sock))):matches("^HTTP/1.1 200")
+    fs.write(target .. ".tmp", allowing("other.test"))
+    assert(uv.fs_rename(target .. ".tmp", target))
+    expect(until_status("^HTTP/1.1 403")):matches("^HTTP/1.1 403")
     expect(fs.read(client.status().log)):matches("policy file changed %(" .. file:gsub("%p", "%%%0") .. "%): reloaded web")
     up.close()
   end)
