@@ -402,10 +402,7 @@ end
 
 -- ------------------------------------------------------------------ policy files
 
-local function absolute(path)
-  if path:sub(1, 1) == "/" then return path end
-  return (uv.cwd() or ".") .. "/" .. path
-end
+local function absolute(path) return require("foundry.fs").absolute(path) end
 
 -- The paths whose change means the file `f` changed: itself and, for a symbolic link
 -- (dotfile managers), the file it points to.
@@ -505,19 +502,21 @@ function Daemon:reload_changed(changed)
   local files = {}
   for f in pairs(changed) do files[#files + 1] = f end
   table.sort(files)
+  local done = {}
   for _, name in ipairs(names) do
     local ok, err = pcall(self.reload_one, self, name)
     local reg = self.sandboxes[name]
     if ok then
+      done[#done + 1] = name
       if reg then reg.policy_error = nil end
     else
       if reg then reg.policy_error = errors.message(err) end
       self:log("error", "policy of %s changed but does not load; it keeps the previous one: %s", name, errors.message(err))
     end
   end
-  if #names > 0 then
+  if #done > 0 then
     self:log("info", "%s changed (%s): reloaded %s", all and "the vault" or "policy file", table.concat(files, ", "),
-      table.concat(names, ", "))
+      table.concat(done, ", "))
   end
 end
 

@@ -141,6 +141,23 @@ function M.mkdtemp(template) return call("mkdtemp", template, uv.fs_mkdtemp, tem
 --- Copy a file (mode kept).
 function M.copy(src, dst) return call("copyfile", src, uv.fs_copyfile, src, dst) end
 
+--- `path` made absolute without touching the disk: `~/` is the home directory, a relative
+--- path is taken from `base` (default: the current directory), and `.` and `..` are
+--- collapsed (symbolic links are kept: a link stays the name the user gave).
+function M.absolute(path, base)
+  if path == "~" or path:sub(1, 2) == "~/" then path = (os.getenv("HOME") or "/") .. path:sub(2) end
+  if path:sub(1, 1) ~= "/" then path = (base or uv.cwd() or "/") .. "/" .. path end
+  local out = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      out[#out] = nil
+    elseif part ~= "." then
+      out[#out + 1] = part
+    end
+  end
+  return "/" .. table.concat(out, "/")
+end
+
 -- Synchronous helpers for places that cannot wait (a require'd file's top level).
 M.sync = {}
 function M.sync.read(path)

@@ -446,8 +446,7 @@ local function resolve(tbl, found, seen, depth)
   M.validate(tbl, where)
   -- a policy file named relative to the preset means relative to the preset's file
   if type(tbl.policy) == "string" and is_path(tbl.policy) then
-    tbl.policy = expand_home(tbl.policy)
-    if tbl.policy:sub(1, 1) ~= "/" and found.path then tbl.policy = dirname(found.path) .. "/" .. tbl.policy end
+    tbl.policy = require("foundry.fs").absolute(tbl.policy, found.path and require("foundry.fs").absolute(dirname(found.path)))
   end
   if not tbl.extends then return tbl, { found.path or found.name } end
   if depth > 16 then errors.raise("preset.invalid", where.file .. ": 'extends' goes more than 16 deep") end

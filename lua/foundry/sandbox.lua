@@ -229,8 +229,7 @@ function M.resolve(spec)
     -- the daemon loads it later, from another directory: a path is kept absolute, and a
     -- policy that does not load stops the creation here, before anything exists
     local ref = r.policy
-    if ref:sub(1, 2) == "~/" then ref = (os.getenv("HOME") or "") .. ref:sub(2) end
-    if (ref:find("/", 1, true) or ref:match("%.lua$")) and ref:sub(1, 1) ~= "/" then ref = uv.cwd() .. "/" .. ref end
+    if ref:find("/", 1, true) or ref:match("%.lua$") then ref = require("foundry.fs").absolute(ref) end
     r.policy = ref
     require("foundry.policy").load(ref):close()
   end

@@ -100,8 +100,8 @@ local function preset_of(spec)
   for _, k in ipairs({ "image", "network", "policy", "cpus", "memory", "pids", "workdir", "mounts", "copy", "env", "from" }) do
     p[k] = spec[k]
   end
-  if p.policy and (p.policy:find("/", 1, true) or p.policy:match("%.lua$")) and not p.policy:match("^[/~]") then
-    p.policy = require("luv").cwd() .. "/" .. p.policy -- the saved file lives elsewhere
+  if p.policy and (p.policy:find("/", 1, true) or p.policy:match("%.lua$")) then
+    p.policy = require("foundry.fs").absolute(p.policy) -- the saved file lives elsewhere
   end
   if spec.preset then
     p.extends = spec.preset
