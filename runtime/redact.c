@@ -417,12 +417,15 @@ static int match_shape(const struct shape *sh, size_t plen, const uint8_t *buf, 
 	return MATCH;
 }
 
-/* The longest match starting at i (at least two bytes available). */
+/* The longest match starting at i (at least two bytes available). Its start is the
+ * earliest of every match there: a shape that keeps its prefix visible ("Bearer ") must not
+ * leave a secret that also matched at i inside that prefix. */
 static int match_at(const fdr_redactor *r, const uint8_t *buf, size_t len, size_t i, int final,
 		    int prev, struct hit *best)
 {
 	unsigned key = buf[i] | (unsigned)buf[i + 1] << 8;
 	int found = 0;
+	size_t lo = (size_t)-1;
 	uint32_t w = 0;
 	int whole = len - i >= 4;
 	if (whole)
@@ -442,12 +445,16 @@ static int match_at(const fdr_redactor *r, const uint8_t *buf, size_t len, size_
 		}
 		if (st == NEED_MORE)
 			return NEED_MORE;
+		if (st == MATCH && h.start < lo)
+			lo = h.start;
 		if (st == MATCH && (!found || h.end > best->end)) {
 			*best = h;
 			best->pat = pi;
 			found = 1;
 		}
 	}
+	if (found && lo < best->start)
+		best->start = lo;
 	return found ? MATCH : NOMATCH;
 }
 
@@ -498,8 +505,9 @@ static long scan(const fdr_redactor *r, const uint8_t *buf, size_t len, int fina
 			hold = i;
 			goto out;
 		}
-		/* Merge every match that starts inside this one and ends beyond it. */
-		size_t end = h.end;
+		/* Merge every match that starts inside this one and ends beyond it, or starts
+		 * inside the prefix it keeps visible. */
+		size_t start = h.start, end = h.end;
 		int capped = h.capped;
 		uint32_t label = h.pat;
 		for (size_t j = i + 1; j < end; j++) {
@@ -515,13 +523,15 @@ static long scan(const fdr_redactor *r, const uint8_t *buf, size_t len, int fina
 			if (r->pats[label].kind == K_SHAPE && r->pats[h2.pat].kind == K_LITERAL &&
 			    h2.start <= h.start && h2.end >= end)
 				label = h2.pat;
+			if (h2.start < start)
+				start = h2.start;
 			if (h2.end > end) {
 				end = h2.end;
 				capped = h2.capped;
 			}
 		}
-		if (h.start > from)
-			emit(ud, (const char *)buf + from, h.start - from);
+		if (start > from)
+			emit(ud, (const char *)buf + from, start - from);
 		emit(ud, r->repl[label], r->repl_len[label]);
 		count++;
 		i = from = end;

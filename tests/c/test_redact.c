@@ -158,6 +158,27 @@ static void test_named_secret_beats_shape(void)
 	fdr_redactor_free(r);
 }
 
+/* A shape keeps "Bearer " visible: a secret that is part of that prefix, or starts in
+ * it, must not stay visible with it (found by fuzz_redact). */
+static void test_secret_inside_kept_prefix(void)
+{
+	fdr_redactor *r = fdr_redactor_new(1);
+	fdr_redactor_add(r, "a", "Beare", 5);
+	fdr_redactor_add(r, "b", "arer lH", 7);
+	char *out = apply_s(r, "Bearer lHeareYYYYYYunter2");
+	CHECK(strstr(out, "Beare") == NULL);
+	CHECK(strstr(out, "arer lH") == NULL);
+	free(out);
+	out = apply_s(r, "x: Bearer Zm9vYmFyYmF6cXV4 ok");
+	CHECK(strstr(out, "Beare") == NULL);
+	free(out);
+	fdr_redactor_free(r);
+	/* without a secret there, the prefix stays: "Bearer [REDACTED:bearer]" */
+	r = fdr_redactor_new(1);
+	EXPECT_REDACT(r, "Authorization: Bearer Zm9vYmFyYmF6cXV4\n", "Authorization: Bearer [REDACTED:bearer]\n");
+	fdr_redactor_free(r);
+}
+
 static void test_parts(void)
 {
 	fdr_redactor *r = fdr_redactor_new(0);
@@ -337,6 +358,7 @@ int main(void)
 	RUN(test_leftmost_longest_and_overlap);
 	RUN(test_shapes);
 	RUN(test_named_secret_beats_shape);
+	RUN(test_secret_inside_kept_prefix);
 	RUN(test_parts);
 	RUN(test_split_across_chunks);
 	RUN(test_stream_holds_little);
