@@ -99,7 +99,7 @@ describe("tasks", function()
   it("runs <close> variables when a task is cancelled", function()
     local closed = false
     local t = foundry.spawn(function()
-      local _guard <close> = setmetatable({}, { __close = function() closed = true end })
+      local guard <close> = setmetatable({}, { __close = function() closed = true end }) -- luacheck: ignore 211
       foundry.sleep(10000)
     end)
     foundry.yield()

@@ -297,16 +297,16 @@ describe("the agent's own configuration files", function()
     expect(t.mcp_servers.files.command):equals("mcp-files")
     expect(t.mcp_servers.files.env.LEVEL):equals("1")
     -- the program gets the event as its last argument: it reaches the shim's stdin
-    local dir = fs.mkdtemp("/tmp/foundry-codex-XXXXXX")
-    fs.write(dir .. "/foundry-shim", "#!/bin/sh\ncat > " .. dir .. "/got; echo \"$@\" > " .. dir .. "/args\n")
-    fs.chmod(dir .. "/foundry-shim", tonumber("755", 8))
-    local argv = { env = { PATH = dir .. ":/usr/bin:/bin" } }
+    local bin = fs.mkdtemp("/tmp/foundry-codex-XXXXXX")
+    fs.write(bin .. "/foundry-shim", "#!/bin/sh\ncat > " .. bin .. "/got; echo \"$@\" > " .. bin .. "/args\n")
+    fs.chmod(bin .. "/foundry-shim", tonumber("755", 8))
+    local argv = { env = { PATH = bin .. ":/usr/bin:/bin" } }
     for i, a in ipairs(t.notify) do argv[i] = a end
     argv[#argv + 1] = '{"type":"agent-turn-complete"}'
     expect(foundry.exec(argv).status):equals(0)
-    expect(fs.read(dir .. "/got")):equals('{"type":"agent-turn-complete"}')
-    expect(fs.read(dir .. "/args")):equals("notify post-tool-use\n")
-    fs.rm(dir)
+    expect(fs.read(bin .. "/got")):equals('{"type":"agent-turn-complete"}')
+    expect(fs.read(bin .. "/args")):equals("notify post-tool-use\n")
+    fs.rm(bin)
   end)
 
   it("writes nothing for an agent without hooks or MCP servers", function()

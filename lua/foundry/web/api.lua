@@ -139,14 +139,14 @@ function M.routes(r, console)
     local discard = req.query.discard == "1" or req.query.discard == "true"
     if sb.state ~= "removing" then pcall(sb._update, sb, { state = "removing" }) end
     console:background("remove " .. sb.name, function()
-      local ok, res = pcall(sb.destroy, sb, { discard = discard })
+      local ok, out = pcall(sb.destroy, sb, { discard = discard })
       if ok then
-        local synced = res and res.synced
+        local synced = out and out.synced
         pcall(state.notifications.add, { sandbox = sb.name, level = "info", title = "sandbox " .. sb.name .. " removed",
           text = synced and synced.updated and
             string.format("%d commit(s) kept on branch %s", synced.commits or 0, synced.branch or "?") or nil })
       else
-        local err = res
+        local err = out
         if errors.is(err, "cancelled") then error(err, 0) end
         pcall(sb._update, sb, { state = "running", error = data.text(errors.message(err)) })
         pcall(state.notifications.add, { sandbox = sb.name, level = "error", title = "could not remove " .. sb.name,
