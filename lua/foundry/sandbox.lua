@@ -697,8 +697,10 @@ function M.stage_provision(sb, ctx)
   fs.write(run .. "/hook-token", sb.row.hook_token .. "\n", { mode = tonumber("444", 8), fsync = false })
   local impl = M.workspaces()
   ctx.shield(function()
+    -- a branch named on purpose (-b, branch=) is continued when it exists; the default
+    -- sandbox/NAME is not (an earlier sandbox's kept commits: the error says how)
     local ws = impl.create{ source = sb.repo, name = sb.name, branch = r.branch, from = r.from, subdir = r.workdir,
-                            carry_changes = r.carry_changes or nil,
+                            carry_changes = r.carry_changes or nil, continue = r.branch ~= nil or nil,
                             owner = uv.getuid() == 0 and { uid = M.UID, gid = M.UID } or nil }
     sb._ws = ws
     local wsd = util.copy(sb.data)

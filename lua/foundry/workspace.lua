@@ -329,7 +329,7 @@ end
 local function check_spec(spec)
   check(type(spec) == "table", "workspace.create: expected a table {source=, name=, ...}, got " .. type(spec))
   local known = { source = 1, name = 1, branch = 1, from = 1, read_only = 1, carry_changes = 1, subdir = 1,
-                  owner = 1, credentials = 1, user_name = 1, user_email = 1, threads = 1 }
+                  owner = 1, credentials = 1, user_name = 1, user_email = 1, threads = 1, continue = 1 }
   for k in pairs(spec) do
     if not known[k] then
       local near = require("foundry.util").did_you_mean(tostring(k), require("foundry.util").keys(known))
@@ -349,7 +349,10 @@ end
 --- Create the workspace `spec.name` from `spec.source` (a repository path, or a URL
 --- mirrored into the cache). Options:
 ---  - `branch`: the sandbox's branch (default "sandbox/<name>"); must not exist yet in
----    the source nor in another workspace of it (`git.branch_exists`).
+---    the source nor in another workspace of it (`git.branch_exists`), unless
+---  - `continue`: an existing branch of the source is continued: the tree starts at its
+---    tip, and its own commits (those `from` does not have) count as the sandbox's. It must
+---    not be checked out in the source (`git.checked_out`: sync-back could not move it).
 ---  - `from`: the base branch (default: the source's current branch; the remote's
 ---    default branch for a URL). Detached HEAD: `git.detached`.
 ---  - `read_only`: branches the workspace also holds, as they are (default `{from}`;
@@ -401,13 +404,32 @@ function M.create(spec)
     local base = src:resolve(spec.from)
     local ref = "refs/heads/" .. branch
     local taken = src:refs(ref)
-    if taken[ref] then
+    local tip -- continuing an existing branch: its commit
+    if taken[ref] and not spec.continue then
       -- most often the commits of an earlier sandbox of that name, kept by foundry rm
       errors.raise("git.branch_exists", "branch '" .. branch .. "' already exists in " .. source_path,
-        branch == "sandbox/" .. name
-          and ("a removed sandbox's commits are kept there: merge or delete it (git branch -D " .. branch ..
-            "), or give the new sandbox another name (-n) or branch (-b)")
-          or "pick another branch name (-b, branch=), or delete that branch")
+        "continue it: foundry new -b " .. branch .. " (continue=true); or pick another branch name, or delete that one")
+    elseif taken[ref] then
+      tip = taken[ref]
+      if src.workdir and not src.bare and src.head and src.head.ref == ref then
+        errors.raise("git.checked_out", "branch '" .. branch .. "' is checked out in " .. strip(src.workdir),
+          "switch that work tree to another branch first: the sandbox's commits come back to it by fast-forward")
+      end
+      if spec.carry_changes then
+        errors.raise("git.carry_mismatch", "carry_changes cannot be used when continuing a branch",
+          "commit the changes on that branch instead")
+      end
+    end
+    -- a continued branch counts from where it left its base (git merge-base), so its log
+    -- and diff show its own commits, not the base's newer ones undone
+    local base_commit = base.id
+    if tip then
+      local mb = require("foundry.exec").exec{ "git", "--git-dir", strip(src.gitdir), "merge-base", tip, base.id }
+      if mb.status ~= 0 then
+        errors.raise("git.unrelated", "branch '" .. branch .. "' shares no history with " .. base.name,
+          "start it from a branch it came from (--from, from=)")
+      end
+      base_commit = mb.stdout:match("%x+")
     end
     local src_gitdir = strip(src.gitdir)
     for _, other in ipairs(M.list()) do
@@ -427,8 +449,9 @@ function M.create(spec)
       if r.ref == ref then errors.raise("git.branch_exists", "read_only names the sandbox's own branch " .. branch) end
       if not seen[r.ref] then seen[r.ref] = true; holds[#holds + 1] = { ref = r.ref, id = r.id } end
     end
-    -- uncommitted changes matter when the base is what the source has checked out
-    local on_base = src.workdir and not src.bare and src.head and src.head.ref == base.ref
+    -- uncommitted changes matter when the base is what the source has checked out (and the
+    -- tree starts from it: a continued branch starts from its own tip)
+    local on_base = not tip and src.workdir and not src.bare and src.head and src.head.ref == base.ref
     if spec.carry_changes and not on_base then
       errors.raise("git.carry_mismatch", "carry_changes needs the base to be the branch checked out in the source",
         "leave out from=, or check out " .. base.name .. " there")
@@ -458,7 +481,9 @@ function M.create(spec)
       local t0 = uv.hrtime()
       paths.ensure(paths.repos() .. "/stores")
       local byref = {}
-      for _, h in ipairs({ { ref = base.ref, id = base.id }, table.unpack(holds) }) do
+      local want = { { ref = base.ref, id = base.id }, table.unpack(holds) }
+      if tip then want[#want + 1] = { ref = ref, id = tip } end -- the continued branch's own objects
+      for _, h in ipairs(want) do
         if not byref[h.ref] then
           local dir = store_dir(src_gitdir, h.ref)
           local s = native.store_acquire{ store = dir, gitdir = src_gitdir, tip = h.id, user = user, info = root }
@@ -471,7 +496,7 @@ function M.create(spec)
     end
     local function checkout()
       local t0 = uv.hrtime()
-      local okc, r = pcall(native.checkout, { gitdir = src_gitdir, commit = base.id, workdir = tree,
+      local okc, r = pcall(native.checkout, { gitdir = src_gitdir, commit = tip or base.id, workdir = tree,
                                               owner_uid = uid, owner_gid = gid, threads = spec.threads })
       if okc then co = r
       elseif errors.is(r, "git.needs_filters") then needs_filters = true
@@ -500,7 +525,7 @@ function M.create(spec)
       alt[#alt + 1] = M.STORE_LINK .. (i - 1) .. "\n"
     end
     local alternates = table.concat(alt)
-    local refs = { [ref] = base.id }
+    local refs = { [ref] = tip or base.id }
     for _, h in ipairs(holds) do refs[h.ref] = h.id end
     native.setup{ workdir = tree, head = branch, refs = refs, alternates = alternates,
                   config = config_for(src, spec, name, base), owner_uid = uid, owner_gid = gid }
@@ -520,7 +545,7 @@ function M.create(spec)
     end
     local rec = {
       version = 1, kind = "git", name = name, path = root, tree = tree, branch = branch, ref = ref,
-      base = base.name, base_ref = base.ref, base_commit = base.id, read_only = holds,
+      base = base.name, base_ref = base.ref, base_commit = base_commit, read_only = holds, continued = tip and true or nil,
       source = { path = spec.source, gitdir = src_gitdir, workdir = src.workdir and strip(src.workdir) or nil, url = url },
       mirror = mirror, stores = stores, alternates = alternates, subdir = subdir,
       owner = owner and { uid = uid, gid = gid } or nil, created_at = os.time(),

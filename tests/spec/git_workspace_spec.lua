@@ -137,6 +137,42 @@ describe("a workspace", function()
     expect(G.git(repo, "rev-parse", "sandbox/w1")):equals(id2)
   end)
 
+  it("continues an existing branch from its tip when asked, counting only its own commits", function()
+    -- main moves on after feature-a forked from it
+    G.write(repo .. "/src/later.c", "int later;\n")
+    G.git(repo, "add", "-A")
+    G.git(repo, "commit", "-q", "-m", "main: later")
+    expect(function() create{ source = repo, branch = "feature-a" } end):fails("git.branch_exists")
+    local ws = create{ source = repo, branch = "feature-a", continue = true }
+    local t = ws.tree
+    expect(G.git(t, "rev-parse", "HEAD")):equals(G.git(repo, "rev-parse", "feature-a"))
+    expect(fs.sync.read(t .. "/feature/a.txt")):equals("feature a only\n")
+    expect(ws.base_commit):equals(G.git(repo, "merge-base", "main", "feature-a"))
+    -- its own commit, its own change: not main's later commit undone
+    expect(#ws:log()):equals(1)
+    local ch = ws:changes()
+    expect(#ch.files):equals(1)
+    expect(ch.files[1].path):equals("feature/a.txt")
+    -- still nothing of the other branches
+    expect(G.git(t, "cat-file", "-t", G.git(repo, "rev-parse", "secret-b"), { ok = true }).ok):is(false)
+    expect(G.git(t, "status", "--porcelain")):equals("")
+    expect(G.git(t, "fsck", "--strict", { ok = true }).ok):is(true)
+    -- a new commit comes back to it by fast-forward
+    G.write(t .. "/feature/more.txt", "more\n")
+    local id = ws:commit_all{ message = "agent: more" }
+    expect(ws:sync().updated):is(true)
+    expect(G.git(repo, "rev-parse", "feature-a")):equals(id)
+    expect(G.git(repo, "fsck", "--strict", { ok = true }).ok):is(true)
+    ws:destroy()
+    -- a branch checked out in the source, or carried changes: refused, nothing made
+    G.git(repo, "checkout", "-q", "feature-a")
+    expect(function() create{ source = repo, name = "w2", branch = "feature-a", continue = true } end):fails("git.checked_out")
+    G.git(repo, "checkout", "-q", "main")
+    expect(function() create{ source = repo, name = "w3", branch = "feature-a", continue = true, carry_changes = true } end)
+      :fails("git.carry_mismatch")
+    expect(#git.workspace.list()):equals(0)
+  end)
+
   it("leaves no trace when destroyed: the source's refs and objects, the cache, the workspaces", function()
     local before = G.snapshot(repo)
     local ws = create{ source = repo }

@@ -6,7 +6,7 @@ local NETWORKS = { "none", "allowlist", "host-only", "open" }
 
 local FLAGS = {
   { "name", short = "n", type = "string", arg = "NAME", help = "the sandbox's name (default: from the repository, made unique)" },
-  { "branch", short = "b", type = "string", arg = "BRANCH", help = "its branch (default sandbox/NAME; must not exist yet)" },
+  { "branch", short = "b", type = "string", arg = "BRANCH", help = "its branch (default sandbox/NAME); an existing branch is continued from its tip" },
   { "from", type = "string", arg = "REF", help = "start the branch from REF (default: the repository's current branch)" },
   { "preset", short = "p", type = "string", arg = "PRESET", complete = "presets", help = "a preset name or file (see foundry preset ls)" },
   { "image", type = "string", arg = "IMAGE", help = "the container image (default $FOUNDRY_IMAGE or foundry/sandbox:latest)" },
