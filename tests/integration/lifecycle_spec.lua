@@ -312,6 +312,29 @@ describe("foundry rm", function()
     foundry.exec{ "git", "-C", env.repo, "branch", "-D", "sandbox/keeper", check = true }
   end)
 
+  it("lets a new sandbox continue a removed one's branch with -b, and says so when it is not asked to", function()
+    L.ok{ "new", "-d", "-n", "first" }
+    L.ok{ "exec", "first", "sh", "-c", "echo one > one.txt && git add one.txt && git commit -qm one" }
+    L.ok{ "rm", "-y", "first" }
+    -- the same name again: its branch holds the kept commit, and the error says how to go on
+    local again = L.cli{ "new", "-d", "-n", "first" }
+    expect(again.status):equals(1)
+    expect(again.stderr):matches("branch 'sandbox/first' already exists")
+    expect(again.stderr):matches("foundry new %-b sandbox/first")
+    L.no_traces({ "sandbox/first" })
+    -- continued: the commit is there, counted as the sandbox's, and the next one comes back
+    L.ok{ "new", "-d", "-n", "second", "-b", "sandbox/first" }
+    local r = L.ok{ "exec", "second", "sh", "-c", "cat one.txt && git log --format=%s -1" }
+    expect(r.stdout):equals("one\none\n")
+    L.ok{ "exec", "second", "sh", "-c", "echo two > two.txt && git add two.txt && git commit -qm two" }
+    local rm = L.ok{ "rm", "-y", "second", "--json" }
+    expect(rm.json.synced.commits):equals(2)
+    local log = foundry.exec{ "git", "-C", env.repo, "log", "--format=%s", "-2", "sandbox/first", check = true }.stdout
+    expect(log):equals("two\none\n")
+    L.no_traces({ "sandbox/first" })
+    foundry.exec{ "git", "-C", env.repo, "branch", "-D", "sandbox/first", check = true }
+  end)
+
   it("leaves no branch without commits unless --keep-branch, and drops commits with --discard", function()
     L.ok{ "new", "-d", "-n", "plain" }
     L.ok{ "rm", "-y", "plain" }
