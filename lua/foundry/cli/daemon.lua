@@ -24,7 +24,11 @@ local function print_status(st)
     string.format("foundry daemon: running (pid %d, up %s, version %s)", st.pid, util.ms(st.uptime_ms), st.version),
     string.format("  socket     %s", st.socket),
     string.format("  log        %s", st.log),
-    string.format("  proxy      %s", st.proxy.ready and "ready" or ("unavailable: " .. tostring(st.proxy.error))),
+    string.format("  proxy      %s", st.proxy.ready and ("ready" .. (st.proxy.stats and string.format(
+      " (%d open connections; %d requests, %d denied, %d tunnels of which %d spliced, %d inspected)",
+      st.proxy.stats.connections or 0, st.proxy.stats.requests or 0, st.proxy.stats.denied or 0,
+      st.proxy.stats.tunnels or 0, st.proxy.stats.spliced or 0, st.proxy.stats.inspected or 0) or ""))
+      or ("unavailable: " .. tostring(st.proxy.error))),
     string.format("  hardened   %s", st.hardened or "no (the process may be dumped or traced)"),
     string.format("  sandboxes  %d registered", #st.sandboxes),
   }
