@@ -51,7 +51,8 @@ cat "$dir/engine.log"
 describe("name resolution", function()
   it("is covered by connect_timeout: a resolver that never answers gets a 504, not a hang", { timeout = 30000 }, function()
     local id = foundry.exec{ "id", "-u" }
-    if id.stdout:match("^0") == nil or not fs.stat("/usr/bin/unshare") then
+    if id.stdout:match("^0") == nil or not fs.stat("/usr/bin/unshare")
+        or foundry.exec{ "unshare", "-mn", "true" }.status ~= 0 then
       return skip("needs root and unshare(1) for a private network namespace")
     end
     local dir = fs.mkdtemp("/tmp/foundry-resolve-XXXXXX")
