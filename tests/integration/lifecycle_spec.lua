@@ -301,15 +301,22 @@ describe("kill -9 during new, then prune", function()
 end)
 
 describe("foundry rm", function()
+  -- The source's branch holds these commits (newest first, one per line); nothing else of
+  -- the sandbox is left; the branch is deleted for the next test.
+  local function kept(branch, subjects)
+    local n = select(2, subjects:gsub("\n", ""))
+    local log = foundry.exec{ "git", "-C", env.repo, "log", "--format=%s", "-" .. n, branch, check = true }.stdout
+    expect(log):equals(subjects)
+    L.no_traces({ branch })
+    foundry.exec{ "git", "-C", env.repo, "branch", "-D", branch, check = true }
+  end
+
   it("keeps the sandbox's commits as its branch, and nothing else", function()
     L.ok{ "new", "-d", "-n", "keeper" }
     L.ok{ "exec", "keeper", "sh", "-c", "echo change > file.txt && git add file.txt && git commit -qm 'from the sandbox'" }
     local r = L.ok{ "rm", "-y", "keeper", "--json" }
     expect(r.json.synced.commits):equals(1)
-    local log = foundry.exec{ "git", "-C", env.repo, "log", "--format=%s", "-1", "sandbox/keeper", check = true }.stdout
-    expect(log):equals("from the sandbox\n")
-    L.no_traces({ "sandbox/keeper" })
-    foundry.exec{ "git", "-C", env.repo, "branch", "-D", "sandbox/keeper", check = true }
+    kept("sandbox/keeper", "from the sandbox\n")
   end)
 
   it("lets a new sandbox continue a removed one's branch with -b, and says so when it is not asked to", function()
@@ -329,10 +336,7 @@ describe("foundry rm", function()
     L.ok{ "exec", "second", "sh", "-c", "echo two > two.txt && git add two.txt && git commit -qm two" }
     local rm = L.ok{ "rm", "-y", "second", "--json" }
     expect(rm.json.synced.commits):equals(2)
-    local log = foundry.exec{ "git", "-C", env.repo, "log", "--format=%s", "-2", "sandbox/first", check = true }.stdout
-    expect(log):equals("two\none\n")
-    L.no_traces({ "sandbox/first" })
-    foundry.exec{ "git", "-C", env.repo, "branch", "-D", "sandbox/first", check = true }
+    kept("sandbox/first", "two\none\n")
   end)
 
   it("leaves no branch without commits unless --keep-branch, and drops commits with --discard", function()
