@@ -795,7 +795,6 @@ typedef struct resolve_req {
 	int stale;           /* the exchange gave up waiting (connect_timeout, close) */
 } resolve_req;
 
-
 struct conn {
 	engine *e;
 	sandbox *sb;

@@ -29,7 +29,6 @@ typedef struct {
 
 typedef struct {
 	px_splice pub;
-	uv_loop_t *loop;
 	int fd[2];         /* duplicates of a and b */
 	uv_poll_t poll[2];
 	int events[2];     /* what each poll handle waits for now */
@@ -195,7 +194,6 @@ px_splice *px_splice_start(uv_loop_t *loop, int a, int b, px_splice_cb cb, void 
 	sp_t *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
-	s->loop = loop;
 	s->cb = cb;
 	s->arg = arg;
 	s->fd[0] = s->fd[1] = -1;
@@ -217,7 +215,6 @@ px_splice *px_splice_start(uv_loop_t *loop, int a, int b, px_splice_cb cb, void 
 		return &s->pub;
 fail:;
 	int e = errno;
-	s->cb = NULL;
 	px_splice_stop(&s->pub);
 	errno = e ? e : EIO;
 	return NULL;

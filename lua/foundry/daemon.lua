@@ -380,17 +380,30 @@ function Daemon:reload_one(name)
   return { sandbox = name, socket = reg.socket }
 end
 
+-- reload_one, with a failure kept for `status` (the previous policy stays in force).
+-- Returns true, or false and the error.
+function Daemon:try_reload(name)
+  local ok, err = pcall(self.reload_one, self, name)
+  if ok then return true end
+  local reg = self.sandboxes[name]
+  if reg then reg.policy_error = errors.message(err) end
+  return false, err
+end
+
 --- Re-read sandboxes from the state database and apply their policies again (all the
 --- registered ones when `name` is nil). A policy that does not load keeps the old one.
 function Daemon:reload(name)
-  if name then return { reloaded = json.array({ self:reload_one(name).sandbox }) } end
+  if name then
+    local ok, err = self:try_reload(name)
+    if not ok then error(err, 0) end
+    return { reloaded = json.array({ name }) }
+  end
   local out, failed = {}, {}
   for n in pairs(self.sandboxes) do
-    local ok, err = pcall(self.reload_one, self, n)
+    local ok, err = self:try_reload(n)
     if ok then
       out[#out + 1] = n
     else
-      if self.sandboxes[n] then self.sandboxes[n].policy_error = errors.message(err) end
       failed[#failed + 1] = { sandbox = n, error = errors.message(err) }
       self:log("error", "reload %s: %s", n, errors.message(err))
     end
@@ -504,13 +517,10 @@ function Daemon:reload_changed(changed)
   table.sort(files)
   local done = {}
   for _, name in ipairs(names) do
-    local ok, err = pcall(self.reload_one, self, name)
-    local reg = self.sandboxes[name]
+    local ok, err = self:try_reload(name)
     if ok then
       done[#done + 1] = name
-      if reg then reg.policy_error = nil end
     else
-      if reg then reg.policy_error = errors.message(err) end
       self:log("error", "policy of %s changed but does not load; it keeps the previous one: %s", name, errors.message(err))
     end
   end

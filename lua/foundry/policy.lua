@@ -336,7 +336,7 @@ end
 -- ------------------------------------------------------------------ loading
 
 local function read_source(ref)
-  if ref:find("/", 1, true) or ref:match("%.lua$") then
+  if util.is_path(ref) then
     local f, err = io.open(ref, "rb")
     if not f then errors.raise("policy.not_found", "cannot open policy " .. ref .. ": " .. tostring(err)) end
     local src = f:read("a")

@@ -316,7 +316,7 @@ end
 
 local function dirname(path) return path:match("^(.*)/[^/]*$") or "." end
 
-local function is_path(ref) return ref:find("/", 1, true) ~= nil or ref:match("%.lua$") ~= nil end
+local is_path = util.is_path
 
 --- Valid names for saved presets.
 function M.valid_name(name)
@@ -446,7 +446,8 @@ local function resolve(tbl, found, seen, depth)
   M.validate(tbl, where)
   -- a policy file named relative to the preset means relative to the preset's file
   if type(tbl.policy) == "string" and is_path(tbl.policy) then
-    tbl.policy = require("foundry.fs").absolute(tbl.policy, found.path and require("foundry.fs").absolute(dirname(found.path)))
+    local fs = require "foundry.fs"
+    tbl.policy = fs.absolute(tbl.policy, found.path and fs.absolute(dirname(found.path)))
   end
   if not tbl.extends then return tbl, { found.path or found.name } end
   if depth > 16 then errors.raise("preset.invalid", where.file .. ": 'extends' goes more than 16 deep") end

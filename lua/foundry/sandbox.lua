@@ -229,7 +229,7 @@ function M.resolve(spec)
     -- the daemon loads it later, from another directory: a path is kept absolute, and a
     -- policy that does not load stops the creation here, before anything exists
     local ref = r.policy
-    if ref:find("/", 1, true) or ref:match("%.lua$") then ref = require("foundry.fs").absolute(ref) end
+    if util.is_path(ref) then ref = require("foundry.fs").absolute(ref) end
     r.policy = ref
     require("foundry.policy").load(ref):close()
   end

@@ -100,6 +100,10 @@ function M.key_path(path)
   return table.concat(out)
 end
 
+--- True when `ref` names a file (it has a "/" or ends in ".lua") rather than a shipped
+--- preset or policy by name.
+function M.is_path(ref) return ref:find("/", 1, true) ~= nil or ref:match("%.lua$") ~= nil end
+
 --- The line of `src` (Lua source of a table) where the key path `path` (a list of keys)
 --- is set, or the line a function `value` was defined on; nil when it cannot tell.
 function M.line_of(src, path, value)

@@ -19,16 +19,20 @@ local function ago(ms)
   return util.ms(math.max(0, s * 1000 + us // 1000 - ms)) .. " ago"
 end
 
+local function proxy_line(p)
+  if not p.ready then return "unavailable: " .. tostring(p.error) end
+  local s = p.stats
+  if not s then return "ready" end
+  return string.format("ready (%d open connections; %d requests, %d denied, %d tunnels of which %d spliced, %d inspected)",
+    s.connections or 0, s.requests or 0, s.denied or 0, s.tunnels or 0, s.spliced or 0, s.inspected or 0)
+end
+
 local function print_status(st)
   local lines = {
     string.format("foundry daemon: running (pid %d, up %s, version %s)", st.pid, util.ms(st.uptime_ms), st.version),
     string.format("  socket     %s", st.socket),
     string.format("  log        %s", st.log),
-    string.format("  proxy      %s", st.proxy.ready and ("ready" .. (st.proxy.stats and string.format(
-      " (%d open connections; %d requests, %d denied, %d tunnels of which %d spliced, %d inspected)",
-      st.proxy.stats.connections or 0, st.proxy.stats.requests or 0, st.proxy.stats.denied or 0,
-      st.proxy.stats.tunnels or 0, st.proxy.stats.spliced or 0, st.proxy.stats.inspected or 0) or ""))
-      or ("unavailable: " .. tostring(st.proxy.error))),
+    "  proxy      " .. proxy_line(st.proxy),
     string.format("  hardened   %s", st.hardened or "no (the process may be dumped or traced)"),
     string.format("  sandboxes  %d registered", #st.sandboxes),
   }

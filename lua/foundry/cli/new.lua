@@ -100,14 +100,11 @@ local function preset_of(spec)
   for _, k in ipairs({ "image", "network", "policy", "cpus", "memory", "pids", "workdir", "mounts", "copy", "env", "from" }) do
     p[k] = spec[k]
   end
-  if p.policy and (p.policy:find("/", 1, true) or p.policy:match("%.lua$")) then
-    p.policy = require("foundry.fs").absolute(p.policy) -- the saved file lives elsewhere
-  end
-  if spec.preset then
-    p.extends = spec.preset
-    if (p.extends:find("/", 1, true) or p.extends:match("%.lua$")) and not p.extends:match("^[/~]") then
-      p.extends = require("luv").cwd() .. "/" .. p.extends -- the saved file lives elsewhere
-    end
+  p.extends = spec.preset
+  -- the saved file lives elsewhere: paths in it are kept absolute
+  local fs, util = require "foundry.fs", require "foundry.util"
+  for _, k in ipairs({ "policy", "extends" }) do
+    if p[k] and util.is_path(p[k]) then p[k] = fs.absolute(p[k]) end
   end
   if spec.repo then p.repo = require("foundry.sandbox").find_repo(spec.repo) end
   if p.mounts then

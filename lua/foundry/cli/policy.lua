@@ -10,7 +10,7 @@ local function out_json(v) io.stdout:write(json.encode(v), "\n") end
 local function find(ref)
   local policy = require "foundry.policy"
   local fs = require "foundry.fs"
-  if ref:find("/", 1, true) or ref:match("%.lua$") or fs.stat(ref) then return policy.load(ref) end
+  if require("foundry.util").is_path(ref) or fs.stat(ref) then return policy.load(ref) end
   for _, n in ipairs(policy.shipped()) do
     if n == ref then return policy.load(ref) end
   end
